@@ -1,0 +1,74 @@
+"""Load Hugging Face checkpoint directories with errors that name what is wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trellis.errors import TrellisError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def check_checkpoint_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
+    """Fail with a one-line message unless `path` looks like a complete HF checkpoint directory."""
+    p = Path(path)
+    if not p.exists():
+        raise TrellisError(f"{p}: checkpoint directory not found")
+    if not p.is_dir():
+        raise TrellisError(f"{p}: expected a checkpoint directory, got a file")
+    config = p / "config.json"
+    if not config.exists():
+        raise TrellisError(f"{p}: not a checkpoint (no config.json)")
+    try:
+        json.loads(config.read_text())
+    except json.JSONDecodeError as exc:
+        raise TrellisError(f"{config}: corrupt config.json ({exc.msg} at line {exc.lineno})") from None
+    if not any((p / name).exists() for name in WEIGHT_FILES):
+        raise TrellisError(f"{p}: checkpoint has no weights (expected model.safetensors)")
+    if need_tokenizer and not (p / "tokenizer.json").exists() and not (p / "tokenizer_config.json").exists():
+        raise TrellisError(f"{p}: checkpoint has no tokenizer (expected tokenizer.json)")
+    return p
+
+
+def _wrap_load_error(p: Path, exc: Exception) -> TrellisError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return TrellisError(f"{p}: corrupt or unreadable checkpoint: {first}")
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    p = check_checkpoint_dir(path, need_tokenizer=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p))
+    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one named line
+        raise _wrap_load_error(p, exc) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str | Path, device: Any = "cpu", dtype: Any = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    p = check_checkpoint_dir(path, need_tokenizer=False)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype or torch.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap_load_error(p, exc) from None
+    return model.to(device)
+
+
+def load_reward_model(path: str | Path, device: Any = "cpu", dtype: Any = None):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    p = check_checkpoint_dir(path, need_tokenizer=False)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(p), dtype=dtype or torch.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise _wrap_load_error(p, exc) from None
+    return model.to(device)

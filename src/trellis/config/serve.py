@@ -1,0 +1,17 @@
+"""`trellis serve`: an OpenAI-compatible HTTP server over the generation engine."""
+
+from trellis.config.base import Section
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # required when binding to anything but loopback
+    api_key: str | None = None
+    model_name: str | None = None
+    max_batch_size: int = 16
+    max_queue: int = 64
+    max_tokens_limit: int = 1024
+    max_request_bytes: int = 1_000_000
+    request_timeout_s: float = 120.0
+    device: str = "auto"
