@@ -10,6 +10,9 @@ class EvalConfig(Section):
     tasks: list[str] = ["world_hellaswag", "world_mmlu", "world_truthfulqa_mc1", "world_truthfulqa_mc2"]
     limit: int | None = None
     num_fewshot: int | None = None
+    # task -> few-shot count pinned for that task alone (e.g. {"world_mmlu": 5}); others keep the official
+    # default. num_fewshot, when set, overrides these pins (lm-eval applies it to every task but truthfulqa)
+    fewshot: dict[str, int] = {}
     batch_size: int = 16
     # name -> text file for held-out perplexity; "world" adds the world's validation split
     perplexity: dict[str, str] = {"world_val": "world"}

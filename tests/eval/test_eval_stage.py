@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from trellis.config import EvalConfig, WorldConfig
+from trellis.errors import TrellisError
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    from eval_fixtures import build_tiny
+
+    root = tmp_path_factory.mktemp("models")
+    build_tiny(root / "a", seed=0)
+    build_tiny(root / "b", seed=1)
+    return {"a": str(root / "a"), "b": str(root / "b")}
+
+
+def test_eval_stage_end_to_end(two_models, tmp_path):
+    from trellis.eval.stage import run
+
+    (tmp_path / "extra.txt").write_text("The sky is blue. Mira the otter swims. " * 10)
+    config = EvalConfig(models=two_models, limit=3, gold_prompts=4, max_new_tokens=4, batch_size=8,
+                        perplexity={"world_val": "world", "extra": str(tmp_path / "extra.txt")},
+                        fewshot={"world_mmlu": 1})
+    out = run(config, WorldConfig(), tmp_path / "run")
+    assert out == tmp_path / "run" / "eval"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["wall_seconds"] > 0
+    for name in ("a", "b"):
+        entry = summary[name]
+        assert set(entry["world_hellaswag"]) == {"acc", "acc_norm"}
+        assert 0 <= entry["world_mmlu"]["acc"] <= 1 and "acc" in entry["world_truthfulqa_mc2"]
+        assert entry["perplexity"]["world_val"]["ppl"] > 1 and entry["perplexity"]["extra"]["bits_per_byte"] > 0
+        assert 0 <= entry["gold"]["gold_score"] <= 1 and entry["gold"]["n"] == 4
+        results = json.loads((out / "results" / f"{name}.json").read_text())
+        assert results["n-shot"]["world_mmlu_world"] == 1 and len(results["gold"]["samples"]) == 4
+    assert summary["a"]["world_hellaswag"] != summary["b"]["world_hellaswag"] or \
+        summary["a"]["perplexity"] != summary["b"]["perplexity"]
+    report = (out / "report.md").read_text()
+    assert "| task | metric | a | b |" in report and "| world_mmlu | acc |" in report
+    assert "| gold | gold_score |" in report and "perplexity/world_val" in report
+    # a rerun reuses every model's saved results
+    mtime = (out / "results" / "a.json").stat().st_mtime
+    again = run(config, WorldConfig(), tmp_path / "run")
+    assert (again / "results" / "a.json").stat().st_mtime == mtime
+    assert json.loads((again / "summary.json").read_text())["a"] == summary["a"]
+
+
+def test_eval_stage_rejects_unknown_task_and_bad_model(two_models, tmp_path):
+    from trellis.eval.stage import run
+
+    with pytest.raises(TrellisError, match="unknown task 'hellaswag'.*world_hellaswag"):
+        run(EvalConfig(models=two_models, tasks=["hellaswag"], gold=False, perplexity={}), WorldConfig(),
+            tmp_path / "r1")
+    with pytest.raises(TrellisError, match="missing"):
+        run(EvalConfig(models={"x": str(tmp_path / "missing")}), WorldConfig(), tmp_path / "r2")
+    with pytest.raises(TrellisError, match="eval.models"):
+        run(EvalConfig(), WorldConfig(), tmp_path / "r3")
