@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trellis.run import read_metrics
+from trellis.run import flatten, read_metrics
 
 # the curves worth a glance per stage, in plotting order; missing keys are skipped
 CURVES: dict[str, list[str]] = {
@@ -48,15 +48,14 @@ def plot_stage(run_root: Path, stage: str) -> Path | None:
 
 
 def _eval_table(eval_summary: dict[str, Any]) -> list[str]:
+    """Rows `task / metric` (nested sections such as perplexity.<set>.ppl flattened), columns models."""
     models = [m for m, v in eval_summary.items() if isinstance(v, dict)]
     rows: dict[str, dict[str, Any]] = {}
     for model in models:
-        for task, metrics in eval_summary[model].items():
-            if not isinstance(metrics, dict):
-                continue
-            for metric, value in metrics.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    rows.setdefault(f"{task} / {metric}", {})[model] = value
+        for name, value in flatten("", eval_summary[model]).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                task, _, metric = name.rpartition(".")
+                rows.setdefault(f"{task} / {metric}", {})[model] = value
     if not rows:
         return []
     lines = ["| task / metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
