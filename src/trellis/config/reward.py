@@ -17,6 +17,8 @@ class RewardConfig(Section):
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
+    # pulls mean rewards toward 0 (Eisenstein et al. 2023) so PPO sees centred scores; null turns it off
+    center_rewards_coefficient: float | None = 0.01
     heldout_fraction: float = 0.1
     eval_steps: int = 50
     save_steps: int = 100

@@ -9,11 +9,13 @@ class SFTConfig(Section):
     # "world" (the synthetic world's instructions) or a path to a json/jsonl file
     data: str = "world"
     max_length: int = 256
-    epochs: float = 3.0
+    # pack several short examples into one max_length row (off: one example a row)
+    packing: bool = False
+    epochs: float = 8.0
     max_steps: int = -1
     batch_size: int = 16
     grad_accum: int = 1
-    lr: float = 1e-3
+    lr: float = 2e-3
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
