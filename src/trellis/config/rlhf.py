@@ -16,11 +16,13 @@ class RLHFConfig(Section):
     minibatch_size: int = 8
     ppo_epochs: int = 2
     max_new_tokens: int = 32
-    temperature: float = 1.0
+    # 0.7: rollouts closer to the greedy answers that evaluation scores, and less noise from a tiny
+    # policy's tail (quickstart: gold 0.740 -> 0.748 at T=0.7, 0.740 -> 0.70 at T=1.0, kl_coef 0.05-0.2)
+    temperature: float = 0.7
     top_p: float = 1.0
     lr: float = 1e-4
     value_lr: float | None = None
-    kl_coef: float = 0.05
+    kl_coef: float = 0.1
     kl_estimator: Literal["k1", "k3"] = "k1"
     adaptive_kl: bool = False
     target_kl: float = 6.0
@@ -38,3 +40,15 @@ class RLHFConfig(Section):
     log_every: int = 1
     seed: int = 0
     device: str = "auto"
+    # the serving engine's batch for rollouts, and the batch of the scoring forward passes
+    generation_batch_size: int = 32
+    forward_batch_size: int = 64
+    # reward-hacking monitor (world prompts only): warn when the reward's trend over this many steps is up
+    # while the gold score's falls by more than hacking_gold_drop
+    hacking_window: int = 8
+    hacking_gold_drop: float = 0.02
+    keep_checkpoints: int = 2
+    # final greedy gold evaluation on the world's eval prompts; eval_initial also scores the starting policy
+    gold_eval: bool = True
+    eval_max_new_tokens: int = 48
+    eval_initial: bool = True

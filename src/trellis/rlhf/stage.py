@@ -1,0 +1,167 @@
+"""`trellis rlhf`: PPO of our own against a frozen reward model, with a frozen reference policy.
+
+Roles: the policy (trained), the reference (the initial policy, frozen), the reward model (frozen) and a
+value model initialised from the reward model (trained; its score head read at every position). Rollouts
+go through the project's serving engine. Writes runs/<name>/rlhf/ through StageRun and resumes from its
+latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+from trellis.config import RLHFConfig, WorldConfig
+from trellis.errors import TrellisError
+from trellis.run import StageRun, save_atomic
+
+log = logging.getLogger("trellis.rlhf")
+FINAL_WINDOW = 5  # reward_mean_final: mean of this many last steps
+
+
+def _world(world: WorldConfig, needed: bool) -> Any | None:
+    try:
+        from trellis.data.world import World
+    except ImportError as exc:
+        if needed:
+            raise TrellisError(f"rlhf.prompts: 'world' needs trellis.data.world ({exc})") from None
+        return None
+    return World(world)
+
+
+def _gold_eval(model: Any, tokenizer: Any, world_obj: Any, config: RLHFConfig) -> dict[str, Any] | None:
+    if world_obj is None or not config.gold_eval:
+        return None
+    from trellis.eval.gold import gold_eval
+
+    return gold_eval(model, tokenizer, world_obj, list(world_obj.eval_prompts()),
+                     max_new_tokens=config.eval_max_new_tokens, batch_size=config.generation_batch_size)
+
+
+def _eos_ids(tokenizer: Any) -> list[int]:
+    from trellis.data.chat_template import END_OF_TEXT, IM_END
+
+    vocab = tokenizer.get_vocab()
+    ids = [vocab[t] for t in (IM_END, END_OF_TEXT) if t in vocab]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _summary(history: list[dict[str, float]], key: str) -> tuple[float | None, float | None]:
+    values = [h[key] for h in history if key in h]
+    if not values:
+        return None, None
+    return values[0], _mean(values[-FINAL_WINDOW:])
+
+
+def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
+    if config.policy is None:
+        raise TrellisError("rlhf.policy: no policy checkpoint (set rlhf.policy or run the sft stage first)")
+    if config.reward_model is None:
+        raise TrellisError("rlhf.reward_model: no reward model (set rlhf.reward_model or run the reward stage)")
+    if config.minibatch_size > config.rollout_batch_size:
+        raise TrellisError(f"rlhf.minibatch_size: {config.minibatch_size} is larger than rollout_batch_size "
+                           f"{config.rollout_batch_size}")
+
+    import torch
+
+    from trellis.checkpoint import check_checkpoint_dir, load_causal_lm, load_reward_model, load_tokenizer
+    from trellis.device import resolve_device
+    from trellis.rlhf.prompts import load_prompts
+    from trellis.rlhf.trainer import TIMING_KEYS, PPOTrainer
+
+    check_checkpoint_dir(config.policy, need_tokenizer=True)
+    check_checkpoint_dir(config.reward_model, need_tokenizer=False)
+    world_obj = _world(world, needed=config.prompts == "world")
+    prompts = load_prompts(config.prompts, world_obj)
+
+    run = StageRun(run_root, "rlhf", config)
+    try:
+        device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        tokenizer = load_tokenizer(config.policy)
+        if not tokenizer.chat_template:
+            raise TrellisError(f"{config.policy}: tokenizer has no chat template (RLHF renders prompts as chat)")
+        resume = run.latest_checkpoint()
+        policy_dir = resume / "policy" if resume else Path(config.policy)
+        value_dir = resume / "value" if resume else Path(config.reward_model)
+        policy = load_causal_lm(policy_dir, device=device)
+        ref_policy = load_causal_lm(config.policy, device=device)
+        reward_model = load_reward_model(config.reward_model, device=device)
+        value_model = load_reward_model(value_dir, device=device)
+        for model in (policy, ref_policy):
+            model.generation_config.eos_token_id = _eos_ids(tokenizer)
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        for model in (reward_model, value_model):
+            model.config.pad_token_id = tokenizer.pad_token_id
+
+        trainer = PPOTrainer(config, policy, ref_policy, value_model, reward_model, tokenizer, prompts, device,
+                             world_obj=world_obj)
+        if resume is not None:
+            trainer.load_state(resume)
+            run.truncate_metrics_after(trainer.step)
+            log.info("resuming RLHF from %s (step %d)", resume, trainer.step)
+
+        if resume is None and config.eval_initial:
+            initial_gold = _gold_eval(ref_policy, tokenizer, world_obj, config)
+            if initial_gold is not None:
+                trainer.meta["gold_score_initial"] = initial_gold["gold_score"]
+
+        bar = run.progress(config.steps, desc="rlhf", initial=trainer.step)
+        try:
+            while trainer.step < config.steps:
+                metrics = trainer.train_step()
+                step = trainer.step
+                if step % config.log_every == 0 or step == config.steps:
+                    run.log(step, **metrics)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl_mean']:.3f}",
+                                gold=f"{metrics.get('gold_score', float('nan')):.3f}")
+                if config.save_every > 0 and step % config.save_every == 0 and step < config.steps:
+                    save_atomic(run.checkpoint_path(step), trainer.save)
+                    run.prune_checkpoints(config.keep_checkpoints)
+        finally:
+            bar.close()
+
+        def write_final(tmp: Path) -> None:
+            policy.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            policy.generation_config.save_pretrained(tmp)
+
+        save_atomic(run.final_dir, write_final)
+        gold = _gold_eval(policy, tokenizer, world_obj, config)
+
+        history = trainer.history
+        reward_initial, reward_final = _summary(history, "reward_mean")
+        gold_sampled_initial, gold_sampled_final = _summary(history, "gold_score")
+        summary: dict[str, Any] = {
+            "steps": trainer.step,
+            "episodes": trainer.step * config.rollout_batch_size,
+            "reward_mean_initial": reward_initial,
+            "reward_mean_final": reward_final,
+            "kl_final": _summary(history, "kl_mean")[1],
+            "kl_coef_final": trainer.kl_ctl.value,
+            "response_length_final": _summary(history, "response_length")[1],
+            "gold_score_sampled_initial": gold_sampled_initial,
+            "gold_score_sampled_final": gold_sampled_final,
+            "reward_hacking_steps": sum(int(h.get("reward_hacking", 0.0)) for h in history),
+        }
+        for key in TIMING_KEYS:
+            summary[f"{key}_mean"] = _mean([h[key] for h in history if key in h])
+        if gold is not None:
+            summary["gold_score"] = gold["gold_score"]
+            summary["gold"] = {k: gold[k] for k in ("helpfulness", "harmlessness", "honesty", "n", "by_kind")}
+            summary["gold_samples"] = gold["samples"]
+        if "gold_score_initial" in trainer.meta:
+            summary["gold_score_initial"] = trainer.meta["gold_score_initial"]
+        run.write_summary(summary)
+        return run.final_dir
+    finally:
+        run.close()
