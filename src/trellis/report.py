@@ -16,6 +16,10 @@ CURVES: dict[str, list[str]] = {
 }
 
 
+# counts and sizes, not scores: left out of the comparison table
+_COUNT_KEYS = {"n", "tokens", "bytes", "documents", "wall_seconds"}
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -53,6 +57,8 @@ def _eval_table(eval_summary: dict[str, Any]) -> list[str]:
     rows: dict[str, dict[str, Any]] = {}
     for model in models:
         for name, value in flatten("", eval_summary[model]).items():
+            if ".by_kind." in name or name.rpartition(".")[2] in _COUNT_KEYS:
+                continue
             if isinstance(value, int | float) and not isinstance(value, bool):
                 task, _, metric = name.rpartition(".")
                 rows.setdefault(f"{task} / {metric}", {})[model] = value
