@@ -15,7 +15,13 @@ from trellis.errors import TrellisError
 from trellis.reward.data import Pair, load_reward_pairs
 from trellis.reward.metrics import pairwise_metrics, score_token_ids
 from trellis.run import StageRun, save_atomic
-from trellis.sft.hf_trainer import common_training_args, last_logged, make_log_callback, resume_point
+from trellis.sft.hf_trainer import (
+    common_training_args,
+    last_logged,
+    make_log_callback,
+    resume_point,
+    without_stdout_printer,
+)
 from trellis.sft.stage import prepare_tokenizer, stop_ids
 
 
@@ -117,8 +123,9 @@ def run(config: RewardConfig, world: WorldConfig, run_root: Path) -> Path:
             **common_training_args(config, run, has_eval=eval_ds is not None),
             center_rewards_coefficient=config.center_rewards_coefficient,
         )
-        trainer = RewardTrainer(model=model, args=args, train_dataset=trainer_ds(train_rows), eval_dataset=eval_ds,
-                                processing_class=tokenizer, callbacks=[make_log_callback(run)])
+        trainer = without_stdout_printer(RewardTrainer(
+            model=model, args=args, train_dataset=trainer_ds(train_rows), eval_dataset=eval_ds,
+            processing_class=tokenizer, callbacks=[make_log_callback(run)]))
         resume = resume_point(run)
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         history = trainer.state.log_history

@@ -110,3 +110,11 @@ def last_logged(history: list[dict[str, Any]], key: str) -> float | None:
         if key in entry:
             return float(entry[key])
     return None
+
+
+def without_stdout_printer(trainer: Any) -> Any:
+    """HF Trainer prints raw log dicts when its progress bar is off; our logs go to metrics.jsonl."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer

@@ -19,7 +19,13 @@ from trellis.data.chat_template import CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_
 from trellis.errors import TrellisError
 from trellis.run import StageRun, save_atomic
 from trellis.sft.data import load_sft_examples
-from trellis.sft.hf_trainer import common_training_args, last_logged, make_log_callback, resume_point
+from trellis.sft.hf_trainer import (
+    common_training_args,
+    last_logged,
+    make_log_callback,
+    resume_point,
+    without_stdout_printer,
+)
 
 log = logging.getLogger(__name__)
 N_SAMPLE_GENERATIONS = 4
@@ -139,8 +145,8 @@ def make_trainer(config: SFTConfig, run: StageRun, model: Any, tokenizer: Any, t
         packing=config.packing,
         eos_token=IM_END if IM_END in tokenizer.get_vocab() else None,
     )
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, callbacks=[make_log_callback(run)])
+    return without_stdout_printer(SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                             processing_class=tokenizer, callbacks=[make_log_callback(run)]))
 
 
 def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:

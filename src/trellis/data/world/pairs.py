@@ -47,6 +47,10 @@ def _wrong_statement(rng: random.Random, domains: dict[str, list[str]], fact: tu
 def _helpful_rejection(rng: random.Random, task: Task, domains: dict[str, list[str]], off_topic: list[str]) -> str:
     meta = task.meta
     if task.kind == "arithmetic":
+        head, sep, _ = task.answer.partition(", so")
+        if sep and rng.random() < 0.75:
+            # the working without the result: incomplete. A tiny reward model can judge completeness, not sums
+            return head + "."
         answer = meta["answer"]
         wrong = answer + rng.choice([d for d in (-3, -2, -1, 1, 2, 4, 10) if answer + d >= 0])
         head, _, tail = task.answer.rpartition(str(answer))
