@@ -50,25 +50,22 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def load_causal_lm(path: str | Path, device: Any = "cpu", dtype: Any = None):
+def _load_model(auto_class_name: str, path: str | Path, device: Any, dtype: Any):
     import torch
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     p = check_checkpoint_dir(path, need_tokenizer=False)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype or torch.float32)
+        model = getattr(transformers, auto_class_name).from_pretrained(str(p), dtype=dtype or torch.float32)
     except Exception as exc:  # noqa: BLE001
         raise _wrap_load_error(p, exc) from None
     return model.to(device)
+
+
+def load_causal_lm(path: str | Path, device: Any = "cpu", dtype: Any = None):
+    return _load_model("AutoModelForCausalLM", path, device, dtype)
 
 
 def load_reward_model(path: str | Path, device: Any = "cpu", dtype: Any = None):
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    p = check_checkpoint_dir(path, need_tokenizer=False)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(p), dtype=dtype or torch.float32)
-    except Exception as exc:  # noqa: BLE001
-        raise _wrap_load_error(p, exc) from None
-    return model.to(device)
+    """A sequence-classification model (num_labels=1): the reward models Trellis trains."""
+    return _load_model("AutoModelForSequenceClassification", path, device, dtype)

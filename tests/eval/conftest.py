@@ -8,17 +8,6 @@ import pytest
 from eval_fixtures import build_tiny, write_task_files
 
 
-@pytest.fixture(scope="package", autouse=True)
-def one_torch_thread():
-    """On a loaded 2-core machine, two intra-op threads make a tiny forward 80x slower (spin-waiting)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "model"
