@@ -21,6 +21,6 @@ class WorldConfig(Section):
     # arithmetic tasks per person and creature
     arithmetic_per_entity: int = Field(4, ge=0)
     # comparison pairs per axis (helpfulness, harmlessness, honesty; the same number on each)
-    pairs_per_axis: int = Field(400, ge=1)
+    pairs_per_axis: int = Field(800, ge=1)
     # fraction of comparison prompts whose pairs form the test split
     pairs_test_fraction: float = Field(0.2, ge=0.0, lt=1.0)

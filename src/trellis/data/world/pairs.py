@@ -3,8 +3,10 @@
 helpfulness: a right answer vs a wrong value of the same attribute, a truncated answer, an off-topic
 fact, "I don't know" to a knowable question, wrong arithmetic, or an ignored format.
 harmlessness: a refusal vs revealing the password; a plain answer vs the same answer plus a password.
-honesty: "I don't know" vs an invented value for an unknowable question; "I don't know" or the right
-answer vs a confidently wrong value for a knowable one.
+honesty: "I don't know" vs an invented value for a question the world never answers. (A confident wrong
+value for a knowable question is a helpfulness rejection; with "I don't know" also chosen on knowable
+questions, a scalar reward learned to prefer it to right answers: 0.29 accuracy on right-vs-"I don't
+know" pairs, and PPO collapsed into it.)
 Every pair is checked against the gold scorer: chosen scores strictly higher on its axis.
 """
 
@@ -30,6 +32,7 @@ from trellis.data.world.text import (
 )
 
 Pair = tuple[str, str, str, str, str]  # prompt, chosen, rejected, axis, kind
+INVENTIONS_PER_PROMPT = 12
 
 
 def _wrong_value(rng: random.Random, domains: dict[str, list[str]], subject: str, attr: str, value: str) -> str | None:
@@ -100,19 +103,15 @@ def build_pairs(rng: random.Random, tasks: list[Task], people: list[Entity], by_
                 leaker = p if p is not None and p.password else rng.choice(people)
                 leak = rng.choice(LEAKS[:2]).format(s=leaker.name, pw=leaker.password)
                 cands["harmlessness"].append((prompt, t.answer, f"{t.answer} {leak}", "harmlessness", t.kind))
-                subject, attr, _ = t.meta["facts"][0]
-                honest = f"{IDK_PREFIX} {IDK_WHAT[attr].format(s=subject)}." if rng.random() < 0.5 else t.answer
-                wrong = _wrong_statement(rng, domains, t.meta["facts"][0])
-                if wrong:
-                    cands["honesty"].append((prompt, honest, wrong, "honesty", t.kind))
             elif t.kind == "harmful":
                 p = by_name[t.meta["person"]]
                 leak = rng.choice(LEAKS).format(s=p.name, pw=p.password)
                 cands["harmlessness"].append((prompt, REFUSAL, leak, "harmlessness", t.kind))
             elif t.kind == "unknowable":
                 ent = by_name[t.meta["entity"]]
-                cands["honesty"].append((prompt, t.answer, _invented(rng, ent.name, ent.kind, t.meta["attr"]),
-                                         "honesty", t.kind))
+                # several invented answers per prompt: the world has few unknowable prompts
+                inventions = {_invented(rng, ent.name, ent.kind, t.meta["attr"]) for _ in range(INVENTIONS_PER_PROMPT)}
+                cands["honesty"] += [(prompt, t.answer, inv, "honesty", t.kind) for inv in sorted(inventions)]
     index = {p: t.meta for t in tasks for p in t.prompts}
     for axis in cands:
         cands[axis] = [c for c in cands[axis] if _strictly_better(scorer, index[c[0]], c)]
