@@ -34,7 +34,7 @@ def _micro_config(train_file: Path, **overrides) -> PretrainConfig:
         "log_every": 5, "eval_every": 20, "eval_batches": 2, "save_every": 20, "keep_last": 2,
     }
     for key, value in overrides.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return PretrainConfig.model_validate(base)
 
 

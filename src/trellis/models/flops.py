@@ -88,3 +88,29 @@ def train_flops(shape: ModelShape, seq_len: int, tokens: int, vocab_size: int | 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak."""
     return tokens_per_s * flops_per_token / peak_flops
+
+
+# Dense bf16/fp16 tensor-core peaks in TFLOP/s (no sparsity), as vendors state them; matched on the name
+# torch.cuda.get_device_name() reports. Longer keys first, so "H100 PCIe" wins over "H100".
+GPU_PEAK_TFLOPS: dict[str, float] = {
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,       # SXM
+    "H200": 989.0,
+    "GH200": 989.0,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "A10G": 125.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "V100": 125.0,
+}
+
+
+def peak_tflops_for(device_name: str, precision: str = "bf16") -> float | None:
+    """The table's peak for a GPU name (bf16/fp16); fp32 runs use TF32 at half of it. None if unknown."""
+    for key in sorted(GPU_PEAK_TFLOPS, key=len, reverse=True):
+        if key.lower() in device_name.lower():
+            peak = GPU_PEAK_TFLOPS[key]
+            return peak / 2 if precision == "fp32" else peak
+    return None

@@ -61,3 +61,17 @@ def load_corpus(data: PretrainData, world: WorldConfig) -> tuple[list[str], list
     if not val:
         raise TrellisError(f"pretrain.data: the {data.source} source has no validation documents")
     return train, val
+
+
+def load_val_sets(data: PretrainData) -> dict[str, list[str]]:
+    """The named extra validation sets (data.val_sets), each a list of documents."""
+    sets: dict[str, list[str]] = {}
+    for name, files in data.val_sets.items():
+        key = f"pretrain.data.val_sets.{name}"
+        if not files:
+            raise TrellisError(f"{key}: no files")
+        docs = read_text_files(files, key)
+        if not docs:
+            raise TrellisError(f"{key}: the files hold no documents")
+        sets[name] = docs
+    return sets

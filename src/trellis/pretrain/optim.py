@@ -21,7 +21,9 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def build_optimizer(model, *, lr: float, weight_decay: float, betas: tuple[float, float], eps: float):
+def build_optimizer(model, *, lr: float, weight_decay: float, betas: tuple[float, float], eps: float,
+                    fused: bool = False):
     import torch
 
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+    extra = {"fused": True} if fused else {}
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, **extra)
