@@ -9,7 +9,7 @@ from trellis.errors import TrellisError
 from trellis.reward.data import clean_pairs, load_pair_file, load_reward_pairs, split_hh_pair
 from trellis.reward.metrics import pairwise_metrics, pearson
 
-HH = Path("/work/shared/data/hh-rlhf/helpful-base_test.jsonl.gz")
+HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf/helpful-base_test.jsonl.gz"
 
 
 @pytest.mark.skipif(not HH.exists(), reason="shared hh-rlhf sample not present")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-CORPUS = Path("/work/shared/data/corpus/tinyshakespeare.txt")
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "corpus/tinyshakespeare.txt"
 FALLBACK_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 PROMPTS = ["Who is the king?", "Speak, speak.", "What say you?", "Where is Rome?", "Hear me speak.",
            "Tell me a tale.", "Is it true?", "Name a place."]

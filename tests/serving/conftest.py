@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-CORPUS = Path("/work/shared/data/corpus/tinyshakespeare.txt")
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "data" / "corpus/tinyshakespeare.txt"
 FALLBACK_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 
 

@@ -7,7 +7,7 @@ import pytest
 from trellis.errors import TrellisError
 from trellis.sft.data import load_sft_examples, load_sft_file
 
-ALPACA = Path("/work/shared/data/alpaca/alpaca_data_first200.json")
+ALPACA = Path(__file__).resolve().parents[3] / "shared" / "data" / "alpaca/alpaca_data_first200.json"
 
 
 def _jsonl(path: Path, rows: list) -> Path:
