@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from trellis.tensors import right_pad
+
 
 def pearson(xs: list[float], ys: list[float]) -> float | None:
     n = len(xs)
@@ -57,13 +59,7 @@ def score_token_ids(model: Any, sequences: list[list[int]], pad_token_id: int, b
     rewards: list[float] = []
     try:
         for start in range(0, len(sequences), batch_size):
-            batch = sequences[start : start + batch_size]
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, seq in enumerate(batch):
-                ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                mask[i, : len(seq)] = 1
+            ids, mask = right_pad(sequences[start : start + batch_size], pad_token_id)
             with torch.no_grad():
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             rewards.extend(float(x) for x in logits[:, 0].float().cpu())

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from trellis.rlhf import ppo
+from trellis.tensors import right_pad
 
 
 @dataclass
@@ -122,12 +123,7 @@ def reward_scores(reward_model: Any, tokenizer: Any, prompts: list[str], respons
     scores = []
     for start in range(0, len(texts), batch_size):
         encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
-        length = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(encoded), length), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            ids[i, : len(e)] = torch.tensor(e, dtype=torch.long)
-            mask[i, : len(e)] = 1
+        ids, mask = right_pad(encoded, pad_id)
         ids, mask = ids.to(device), mask.to(device)
         per_position = hidden_scores(reward_model, ids, mask)
         last = (mask.sum(-1) - 1).clamp(min=0)
