@@ -237,3 +237,10 @@ def test_concurrent_requests_share_the_batch(client, engine):
         got = list(pool.map(ask, range(8)))
     want = engine.generate(prompts, [SamplingParams(temperature=0, max_tokens=n) for n in lengths])
     assert got == [w.text for w in want]
+
+
+def test_default_model_name_of_a_stage_checkpoint(tmp_path):
+    from trellis.serving.server import default_model_name
+
+    assert default_model_name(tmp_path / "quickstart" / "rlhf" / "final") == "quickstart-rlhf"
+    assert default_model_name(tmp_path / "my-model") == "my-model"

@@ -673,7 +673,7 @@ def build_app(checkpoint_dir: str | Path, cfg: ServeConfig):
     tokenizer = load_tokenizer(checkpoint_dir)
     model = load_causal_lm(checkpoint_dir, device=resolve_device(cfg.device))
     engine = Engine(model, tokenizer, max_batch_size=cfg.max_batch_size)
-    name = cfg.model_name or Path(checkpoint_dir).resolve().name
+    name = cfg.model_name or default_model_name(checkpoint_dir)
     return create_app(
         engine, tokenizer, name, cfg, default_temperature=read_default_temperature(checkpoint_dir)
     )
@@ -690,3 +690,11 @@ def serve(checkpoint_dir: str | Path, cfg: ServeConfig) -> None:
         uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
     finally:
         engine.shutdown()
+
+
+def default_model_name(checkpoint_dir: str | Path) -> str:
+    """The served model's id: a stage's `final/` is named after its run and stage (`quickstart-rlhf`)."""
+    path = Path(checkpoint_dir).resolve()
+    if path.name == "final" and path.parent.parent.name:
+        return f"{path.parent.parent.name}-{path.parent.name}"
+    return path.name
