@@ -11,8 +11,8 @@ from trellis.run import flatten, read_metrics
 CURVES: dict[str, list[str]] = {
     "pretrain": ["loss", "val_ppl", "lr", "grad_norm"],
     "sft": ["loss", "eval_loss", "learning_rate", "grad_norm"],
-    "reward": ["loss", "eval_loss", "eval_accuracy", "accuracy"],
-    "rlhf": ["reward_mean", "kl", "gold_score", "entropy"],
+    "reward": ["loss", "accuracy", "eval_loss", "eval_accuracy", "margin"],
+    "rlhf": ["reward_mean", "kl_mean", "gold_score", "entropy", "response_length"],
 }
 
 

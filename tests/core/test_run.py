@@ -50,3 +50,17 @@ def test_prune_keeps_last(tmp_path):
         save_atomic(run.checkpoint_path(step), lambda d: None)
     run.prune_checkpoints(2)
     assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["step-0000002", "step-0000003"]
+
+
+def test_report_plots_each_stage_curves_and_lists_results(tmp_path):
+    from trellis.report import write_report
+
+    for stage, keys in {"pretrain": ("loss", "val_ppl"), "rlhf": ("reward_mean", "kl_mean")}.items():
+        run = StageRun(tmp_path, stage, tensorboard=False)
+        for step in range(1, 4):
+            run.log(step, **{k: float(step) for k in keys})
+    summary = {"name": "t", "stages": ["pretrain", "rlhf"], "pretrain": {"val_ppl_final": 2.5, "wall_seconds": 1.0},
+               "rlhf": {"kl_final": 0.3}}
+    report = write_report(tmp_path, summary).read_text()
+    assert "val_ppl_final=2.5" in report and "kl_final=0.3" in report
+    assert "![pretrain_curves](pretrain_curves.png)" in report and (tmp_path / "rlhf_curves.png").exists()
