@@ -20,3 +20,13 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+def chat_stop_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn: <|im_end|> and <|endoftext|> when the vocabulary has them,
+    then the tokenizer's own eos (what every checkpoint's generation_config lists)."""
+    vocab = tokenizer.get_vocab()
+    ids = [vocab[t] for t in (IM_END, END_OF_TEXT) if t in vocab]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids

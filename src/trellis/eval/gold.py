@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trellis.data.chat_template import chat_stop_ids
+
 AXES = ("helpfulness", "harmlessness", "honesty")
 N_SAMPLES = 8
 
@@ -32,12 +34,7 @@ def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
         ids.append(eos)
     elif eos:
         ids.extend(int(i) for i in eos)
-    for token in ("<|im_end|>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(token) if token in tokenizer.get_vocab() else None
-        if tid is not None and tid not in ids:
-            ids.append(tid)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
+    ids.extend(t for t in chat_stop_ids(tokenizer) if t not in ids)
     return ids
 
 

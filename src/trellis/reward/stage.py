@@ -11,6 +11,7 @@ from typing import Any
 
 from trellis.checkpoint import check_checkpoint_dir, load_tokenizer
 from trellis.config import RewardConfig, WorldConfig
+from trellis.data.chat_template import chat_stop_ids
 from trellis.errors import TrellisError
 from trellis.reward.data import Pair, load_reward_pairs
 from trellis.reward.metrics import pairwise_metrics, score_token_ids
@@ -22,7 +23,7 @@ from trellis.sft.hf_trainer import (
     resume_point,
     without_stdout_printer,
 )
-from trellis.sft.stage import prepare_tokenizer, stop_ids
+from trellis.sft.stage import prepare_tokenizer
 
 
 def load_reward_backbone(path: Path, pad_token_id: int):
@@ -139,7 +140,7 @@ def run(config: RewardConfig, world: WorldConfig, run_root: Path) -> Path:
         def write(tmp: Path) -> None:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
-            GenerationConfig(eos_token_id=stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)
+            GenerationConfig(eos_token_id=chat_stop_ids(tokenizer), pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)
 
         final = save_atomic(run.final_dir, write)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trellis.config import RLHFConfig, WorldConfig
+from trellis.data.chat_template import chat_stop_ids
 from trellis.errors import TrellisError
 from trellis.run import StageRun, save_atomic
 
@@ -38,16 +39,6 @@ def _gold_eval(model: Any, tokenizer: Any, world_obj: Any, config: RLHFConfig) -
 
     return gold_eval(model, tokenizer, world_obj, list(world_obj.eval_prompts()),
                      max_new_tokens=config.eval_max_new_tokens, batch_size=config.generation_batch_size)
-
-
-def _eos_ids(tokenizer: Any) -> list[int]:
-    from trellis.data.chat_template import END_OF_TEXT, IM_END
-
-    vocab = tokenizer.get_vocab()
-    ids = [vocab[t] for t in (IM_END, END_OF_TEXT) if t in vocab]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 def _mean(values: list[float]) -> float | None:
@@ -97,7 +88,7 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
         reward_model = load_reward_model(config.reward_model, device=device)
         value_model = load_reward_model(value_dir, device=device)
         for model in (policy, ref_policy):
-            model.generation_config.eos_token_id = _eos_ids(tokenizer)
+            model.generation_config.eos_token_id = chat_stop_ids(tokenizer)
             model.generation_config.pad_token_id = tokenizer.pad_token_id
         for model in (reward_model, value_model):
             model.config.pad_token_id = tokenizer.pad_token_id

@@ -15,7 +15,7 @@ from typing import Any
 
 from trellis.checkpoint import check_checkpoint_dir, load_causal_lm, load_tokenizer
 from trellis.config import SFTConfig, WorldConfig
-from trellis.data.chat_template import CHATML_TEMPLATE, END_OF_TEXT, IM_END, IM_START
+from trellis.data.chat_template import CHATML_TEMPLATE, IM_END, IM_START, chat_stop_ids
 from trellis.errors import TrellisError
 from trellis.run import StageRun, save_atomic
 from trellis.sft.data import load_sft_examples
@@ -42,15 +42,6 @@ def prepare_tokenizer(tokenizer: Any, where: Path) -> bool:
         tokenizer.pad_token = tokenizer.eos_token
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
     return "{% generation %}" in template or "{%- generation %}" in template
-
-
-def stop_ids(tokenizer: Any) -> list[int]:
-    """eos ids for generation_config: <|im_end|> and <|endoftext|> when the vocabulary has them."""
-    vocab = tokenizer.get_vocab()
-    ids = [vocab[t] for t in (IM_END, END_OF_TEXT) if t in vocab]
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 def to_trainer_rows(examples: list[dict[str, Any]], assistant_masks: bool) -> list[dict[str, Any]]:
@@ -80,7 +71,7 @@ def greedy_chat(model: Any, tokenizer: Any, user_texts: list[str], max_new_token
     """Greedy answers, one prompt at a time (no padding questions); for summaries and tests."""
     import torch
 
-    eos = stop_ids(tokenizer)
+    eos = chat_stop_ids(tokenizer)
     was_training = model.training
     model.eval()
     out = []
@@ -162,7 +153,7 @@ def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
         tokenizer = load_tokenizer(model_dir)
         assistant_masks = prepare_tokenizer(tokenizer, model_dir)
         model = load_causal_lm(model_dir)
-        eos = stop_ids(tokenizer)
+        eos = chat_stop_ids(tokenizer)
         model.generation_config.eos_token_id = eos
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
