@@ -167,3 +167,24 @@ def test_torch_compile_gives_the_same_losses(corpus, tmp_path, micro_config):
                           if "loss" in r]
     assert runs[True] == pytest.approx(runs[False], rel=1e-5)
     assert (tmp_path / "True" / "pretrain" / "final" / "model.safetensors").exists()
+
+
+def test_vocab_size_pads_the_embedding_table(corpus, tmp_path, micro_config):
+    cfg = micro_config(corpus, steps=2, warmup_steps=1, save_every=100, eval_every=100, model={"vocab_size": 384})
+    final = pretrain(cfg, WorldConfig(), tmp_path / "a")
+    config = json.loads((final / "config.json").read_text())
+    assert config["vocab_size"] == 384
+    summary = _summary(tmp_path / "a" / "pretrain")
+    assert summary["vocab_size"] == 384
+    # the padded rows are counted: 384 x 64 embedding rows (tied) on top of the same layers
+    unpadded = micro_config(corpus, steps=2, warmup_steps=1, save_every=100, eval_every=100)
+    pretrain(unpadded, WorldConfig(), tmp_path / "b")
+    rows = _summary(tmp_path / "b" / "pretrain")["vocab_size"]
+    assert rows < 384
+    assert summary["params"] - _summary(tmp_path / "b" / "pretrain")["params"] == (384 - rows) * 64 * (
+        1 if config["tie_word_embeddings"] else 2)
+
+
+def test_vocab_size_below_the_tokenizer_fails(corpus, tmp_path, micro_config):
+    with pytest.raises(TrellisError, match=r"pretrain.model.vocab_size: 100 is smaller than the tokenizer's"):
+        pretrain(micro_config(corpus, model={"vocab_size": 100}), WorldConfig(), tmp_path / "a")

@@ -17,6 +17,10 @@ class ModelSpec(Section):
     rope_theta: float | None = None
     tie_embeddings: bool | None = None
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # rows of the embedding table (default: the tokenizer's size); a larger value pads the table, e.g. to a
+    # multiple of 128 for tensor-core-friendly shapes, or to a preset's published vocabulary so that a
+    # throughput run does the same work as the published model
+    vocab_size: int | None = None
 
 
 class TokenizerSpec(Section):

@@ -55,6 +55,17 @@ def check_same_shape(ckpt: Path, model_config) -> None:
                            "resume with the same model, or use a new run name")
 
 
+def embedding_rows(cfg: PretrainConfig, tokenizer_size: int) -> int:
+    """The embedding table's rows: the tokenizer's size, or model.vocab_size when it pads the table."""
+    rows = cfg.model.vocab_size
+    if rows is None:
+        return tokenizer_size
+    if rows < tokenizer_size:
+        raise TrellisError(f"pretrain.model.vocab_size: {rows} is smaller than the tokenizer's {tokenizer_size} "
+                           "tokens; leave it unset or raise it")
+    return rows
+
+
 def build_callbacks(cfg: PretrainConfig) -> list:
     from trellis.pretrain.averaging import EMA, CheckpointAverage
     from trellis.pretrain.monitors import ActivationStats, CommTime, GradGroupNorms, Memory, Throughput
@@ -135,7 +146,7 @@ def pretrain(cfg: PretrainConfig, world: WorldConfig, run_root: Path, stop_after
     from trellis.pretrain.monitors import Callbacks, LoopContext, StepInfo
     from trellis.pretrain.optim import build_optimizer
     from trellis.pretrain.schedule import build_scheduler, resolve_schedule
-    from trellis.pretrain.step import build_loss_scaler, train_step
+    from trellis.pretrain.step import build_loss_scaler, next_token_loss_module, train_step
 
     dist_info, device = init_distributed(cfg.device)
     run = StageRun(run_root, "pretrain", cfg) if dist_info.is_main else QuietRun(run_root, "pretrain")
@@ -166,7 +177,8 @@ def pretrain(cfg: PretrainConfig, world: WorldConfig, run_root: Path, stop_after
         eval_bs = plan.micro_batch_size if cfg.micro_batch_size is not None else cfg.batch_size
 
         eos_ids = [ids["im_end"], eot]
-        model_config = build_model_config(cfg.model, len(tokenizer), pad_token_id=ids["pad"], eos_token_id=eos_ids)
+        vocab = embedding_rows(cfg, len(tokenizer))
+        model_config = build_model_config(cfg.model, vocab, pad_token_id=ids["pad"], eos_token_id=eos_ids)
         if resume is not None:
             check_same_shape(resume, model_config)
         model = LlamaForCausalLM(model_config)
@@ -178,8 +190,8 @@ def pretrain(cfg: PretrainConfig, world: WorldConfig, run_root: Path, stop_after
                 model.activation_checkpointing_enable({"use_reentrant": False})
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # the compiled wrapper trains; `model` (same parameters) is saved and evaluated
-        train_model = wrap_ddp(model, dist_info, device)
+        # the loss module (compiled, under DDP) trains; `model` (same parameters) is saved and evaluated
+        train_model = wrap_ddp(next_token_loss_module(model, cfg.precision), dist_info, device)
         if cfg.compile:
             train_model = torch.compile(train_model)
         optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
@@ -188,8 +200,8 @@ def pretrain(cfg: PretrainConfig, world: WorldConfig, run_root: Path, stop_after
                                     warmup_steps=schedule.warmup_steps, total_steps=schedule.total_steps,
                                     kind=schedule.kind)
         scaler = build_loss_scaler(cfg.precision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
-        n_params = count_params(shape, len(tokenizer)).total
-        flops_per_token = train_flops_per_token(shape, cfg.seq_len, len(tokenizer))
+        n_params = count_params(shape, vocab).total
+        flops_per_token = train_flops_per_token(shape, cfg.seq_len, vocab)
 
         def evaluate_all(m) -> dict[str, float]:
             loss, ppl = evaluate_ppl(m, val_windows, eval_bs, cfg.precision, device)
@@ -212,7 +224,7 @@ def pretrain(cfg: PretrainConfig, world: WorldConfig, run_root: Path, stop_after
 
         ctx = LoopContext(model=model, optimizer=optimizer, device=device, precision=cfg.precision,
                           log_every=cfg.log_every, total_steps=cfg.steps,
-                          flops_per_token=lambda n: train_flops_per_token(shape, n, len(tokenizer)),
+                          flops_per_token=lambda n: train_flops_per_token(shape, n, vocab),
                           extras={"finish_weights": finish_weights,
                                   "ddp": train_model if dist_info.enabled and not cfg.compile else None})
         # monitors and averaging run on rank 0 only: they read weights and gradients that all ranks share
@@ -268,7 +280,7 @@ def pretrain(cfg: PretrainConfig, world: WorldConfig, run_root: Path, stop_after
             result = train_step(train_model, micro_batches(batch, plan, dist_info.rank), optimizer, precision=cfg.precision,
                                 grad_clip=cfg.grad_clip, scaler=scaler, world_size=plan.world_size,
                                 global_tokens=batch[:, 1:].numel(),
-                                on_grads=lambda s=step + 1: callbacks.grads(ctx, s))
+                                on_grads=lambda s=step + 1: callbacks.grads(ctx, s), loss_fn=train_model)
             lr = scheduler.get_last_lr()[0]
             # as in HF Trainer and Megatron, a step skipped on fp16 overflow does not advance the schedule
             if not result.skipped:
@@ -347,7 +359,7 @@ def pretrain(cfg: PretrainConfig, world: WorldConfig, run_root: Path, stop_after
             "tokens_per_s": round(tokens_per_s, 1),
             "train_seconds": round(train_time, 2),
             "train_flops": train_flops,
-            "vocab_size": len(tokenizer),
+            "vocab_size": vocab,
             "device": str(device),
             **{k: v for k, v in final_evals.items() if "." in k},
             **({"loss_scale_final": scaler.get_scale(), "skipped_steps": skipped_steps} if scaler else {}),
