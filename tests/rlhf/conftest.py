@@ -67,3 +67,28 @@ def prompt_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("rlhf_prompts") / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     return path
+
+
+@pytest.fixture(scope="session")
+def make_config(tiny_dirs, prompt_file):
+    """RLHFConfig for the tiny models: 3 quick steps on the prompt file, no gold evaluation."""
+    from trellis.config import RLHFConfig
+
+    def make(**overrides) -> RLHFConfig:
+        policy_dir, reward_dir = tiny_dirs
+        fields = dict(policy=str(policy_dir), reward_model=str(reward_dir), prompts=str(prompt_file), steps=3,
+                      rollout_batch_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=8, lr=1e-3,
+                      save_every=0, gold_eval=False, eval_initial=False, device="cpu", seed=1)
+        fields.update(overrides)
+        return RLHFConfig(**fields)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ptx_text_file(tmp_path_factory):
+    """A few paragraphs of plain text for PPO-ptx."""
+    text = CORPUS.read_text()[:3000] if CORPUS.exists() else FALLBACK_TEXT
+    path = tmp_path_factory.mktemp("rlhf_ptx") / "ptx.txt"
+    path.write_text(text)
+    return path

@@ -94,3 +94,35 @@ def test_reward_score_is_the_sequence_classifier_logit(models, tokenizer, prompt
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             assert torch.allclose(reward(input_ids=ids).logits[0, 0], s, atol=1e-5)
+
+
+class _TwoAxisHead(torch.nn.Linear):
+    """A multi-objective score head as trellis.reward.heads builds one: per_axis outputs, one combined."""
+
+    spec = {"heads": ["helpfulness", "harmlessness"], "weights": {"helpfulness": 1.0, "harmlessness": 2.0}}
+
+    def per_axis(self, hidden):
+        return super().forward(hidden)
+
+    def forward(self, hidden):
+        return (self.per_axis(hidden) * torch.tensor([1.0, 2.0])).sum(-1, keepdim=True)
+
+
+def test_multi_objective_reward_reports_each_axis(tiny_dirs, tokenizer, prompt_texts):
+    import copy
+
+    from trellis.checkpoint import load_reward_model
+
+    reward = copy.deepcopy(load_reward_model(tiny_dirs[1]).eval())
+    torch.manual_seed(0)
+    reward.score = _TwoAxisHead(reward.score.in_features, 2, bias=False)
+    axes: dict = {}
+    prompts, responses = prompt_texts[:3], ["Aye.", "No, my lord.", "Hear me."]
+    scores = reward_scores(reward, tokenizer, prompts, responses, torch.device("cpu"), batch_size=2, per_axis=axes)
+    assert sorted(axes) == ["harmlessness", "helpfulness"]
+    assert torch.allclose(scores, axes["helpfulness"] + 2.0 * axes["harmlessness"], atol=1e-5)
+    assert not torch.allclose(axes["helpfulness"], axes["harmlessness"])
+    plain: dict = {}
+    reward_scores(load_reward_model(tiny_dirs[1]).eval(), tokenizer, prompts, responses, torch.device("cpu"),
+                  per_axis=plain)
+    assert plain == {}  # a single-head reward model has no axes to report

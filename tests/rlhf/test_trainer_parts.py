@@ -3,8 +3,8 @@ import json
 import pytest
 
 from trellis.errors import TrellisError
+from trellis.rlhf.monitor import RewardHackingMonitor
 from trellis.rlhf.prompts import PromptOrder, load_prompt_file
-from trellis.rlhf.trainer import RewardHackingMonitor
 
 
 def test_prompt_order_is_seeded_covers_every_prompt_and_resumes():

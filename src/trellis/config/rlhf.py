@@ -2,7 +2,19 @@
 
 from typing import Literal
 
+from pydantic import Field
+
 from trellis.config.base import Section
+
+
+class RLHFLoRA(Section):
+    """LoRA adapters on the policy; the reference is then the same model with its adapters disabled."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                "gate_proj", "up_proj", "down_proj"])
 
 
 class RLHFConfig(Section):
@@ -15,6 +27,12 @@ class RLHFConfig(Section):
     rollout_batch_size: int = 32
     minibatch_size: int = 8
     ppo_epochs: int = 2
+    # rows per forward/backward inside a minibatch (gradient accumulation); rows are sorted by length so
+    # each micro-batch is padded only to its own longest row (less padding, same gradient)
+    micro_batch_size: int = 8
+    # forward/backward precision of rollout scoring and the update (bf16: autocast over fp32 master
+    # weights; on CPUs with AMX its matmuls run ~4x faster). Old and new log-probs share it.
+    precision: Literal["fp32", "bf16"] = "fp32"
     max_new_tokens: int = 32
     # 0.7: rollouts closer to the greedy answers that evaluation scores, and less noise from a tiny
     # policy's tail (quickstart: gold 0.740 -> 0.748 at T=0.7, 0.740 -> 0.70 at T=1.0, kl_coef 0.05-0.2)
@@ -35,6 +53,21 @@ class RLHFConfig(Section):
     entropy_coef: float = 0.0
     whiten_advantages: bool = True
     missing_eos_penalty: float | None = 1.0
+    # PPO-ptx (Ouyang et al. 2022): add ptx_coef x the causal-LM loss on pretraining text to every policy
+    # step, against the alignment tax. ptx_data: "world" (the world's training corpus) or text file paths
+    ptx_coef: float = 0.0
+    ptx_data: str | list[str] = "world"
+    ptx_batch_size: int = 4
+    ptx_seq_len: int = 128
+    # the critic: "reward" = a separate value model initialised from the reward model (as TRL's PPO);
+    # "policy_head" = a zero-initialised linear head on the policy's backbone (half the update's work)
+    value_model: Literal["reward", "policy_head"] = "reward"
+    # LoRA on the policy (null: full fine-tuning with a separate frozen reference copy)
+    lora: RLHFLoRA | None = None
+    # ppo: Trellis's own PPO; grpo / rloo: TRL's GRPOTrainer / RLOOTrainer on the same prompts and reward
+    algorithm: Literal["ppo", "grpo", "rloo"] = "ppo"
+    # grpo / rloo: completions sampled per prompt (the group whose mean is the baseline)
+    num_generations: int = 4
     grad_clip: float = 1.0
     save_every: int = 20
     log_every: int = 1

@@ -45,6 +45,13 @@ class SequenceBatch:
                                                        self.response_mask, self.logit_index)))
 
 
+def length_sorted_chunks(lengths: torch.Tensor, chunk_size: int) -> list[torch.Tensor]:
+    """Row indices in chunks of at most `chunk_size`, longest rows first, so that each chunk (padded to
+    its own longest row) carries little padding. The order is deterministic (a stable sort)."""
+    order = torch.sort(lengths.cpu(), descending=True, stable=True).indices
+    return list(torch.split(order, max(chunk_size, 1)))
+
+
 def build_sequences(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> SequenceBatch:
     """Lay out prompt + response rows, right-padded, and the index of each response token's logits."""
     rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
@@ -73,17 +80,70 @@ def _gather_positions(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor
     return tensor.gather(1, expand)
 
 
-def response_logprobs(model: Any, batch: SequenceBatch, temperature: float,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of the response tokens (logits / temperature, as they were sampled), and optionally
-    the entropy of the policy at each response position. Both [B, R], zero on padding."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logits = _gather_positions(out.logits, batch.logit_index)
+def _unwrap_peft(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (its LoRA layers stay in place and active)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _plain_lm_head(model: Any) -> tuple[Any, Any] | None:
+    """(backbone, lm_head) when logits are exactly lm_head(backbone hidden states); None otherwise
+    (soft-capped or scaled logits, or an unknown layout), so the caller falls back to a full forward."""
+    inner = _unwrap_peft(model)
+    config = getattr(inner, "config", None)
+    if config is None or any(getattr(config, k, None) not in (None, 1.0) for k in
+                             ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        return None
+    backbone = getattr(inner, getattr(inner, "base_model_prefix", "model"), None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if backbone is None or head is None or backbone is inner:
+        return None
+    return backbone, head
+
+
+def response_hidden_and_logits(model: Any, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last hidden states [B, R, H] and logits [B, R, V] at the positions that predict the response tokens.
+
+    The vocabulary projection runs on those positions only: on prompt positions it is wasted work
+    (about a tenth of a small model's forward and backward at chat prompt lengths).
+    """
+    parts = _plain_lm_head(model)
+    if parts is None:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                    output_hidden_states=True)
+        return (_gather_positions(out.hidden_states[-1], batch.logit_index),
+                _gather_positions(out.logits, batch.logit_index))
+    backbone, head = parts
+    hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      use_cache=False).last_hidden_state
+    hidden = _gather_positions(hidden, batch.logit_index)
+    return hidden, head(hidden)
+
+
+def policy_outputs(model: Any, batch: SequenceBatch, temperature: float, with_entropy: bool,
+                   value_head: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """One backbone pass for the policy's log-probs (and entropy) and the values of a value head on the
+    policy's own hidden states (the shared-backbone critic). All [B, R], zero on padding."""
+    hidden, logits = response_hidden_and_logits(model, batch)
+    logp, entropy = _logprobs_and_entropy(logits, batch, temperature, with_entropy)
+    values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float() * batch.response_mask
+    return logp, entropy, values
+
+
+def _logprobs_and_entropy(logits: torch.Tensor, batch: SequenceBatch, temperature: float,
+                          with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     if temperature and temperature != 1.0:
         logits = logits / temperature
     logp = ppo.logprobs_from_logits(logits, batch.response_tokens) * batch.response_mask
     entropy = ppo.entropy_from_logits(logits) * batch.response_mask if with_entropy else None
     return logp, entropy
+
+
+def response_logprobs(model: Any, batch: SequenceBatch, temperature: float,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the response tokens (logits / temperature, as they were sampled), and optionally
+    the entropy of the policy at each response position. Both [B, R], zero on padding."""
+    return _logprobs_and_entropy(response_hidden_and_logits(model, batch)[1], batch, temperature, with_entropy)
 
 
 def _backbone_and_head(model: Any) -> tuple[Any, Any]:
@@ -116,18 +176,31 @@ def render_conversations(tokenizer: Any, prompts: list[str], responses: list[str
 
 @torch.no_grad()
 def reward_scores(reward_model: Any, tokenizer: Any, prompts: list[str], responses: list[str],
-                  device: Any, batch_size: int = 32) -> torch.Tensor:
-    """The reward model's logit at the last real token of each chat-rendered (prompt, response)."""
+                  device: Any, batch_size: int = 32,
+                  per_axis: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The reward model's logit at the last real token of each chat-rendered (prompt, response).
+
+    A multi-objective reward model (its score head has `per_axis` and names its heads in `spec`) gives the
+    combined score; pass a dict as `per_axis` to also receive each objective's score, by axis name.
+    """
     texts = render_conversations(tokenizer, prompts, responses)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    scores = []
+    backbone, head = _backbone_and_head(reward_model)
+    axis_names = list(getattr(head, "spec", {}).get("heads", [])) if hasattr(head, "per_axis") else []
+    scores, axes = [], []
     for start in range(0, len(texts), batch_size):
         encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
         ids, mask = right_pad(encoded, pad_id)
         ids, mask = ids.to(device), mask.to(device)
-        per_position = hidden_scores(reward_model, ids, mask)
+        hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         last = (mask.sum(-1) - 1).clamp(min=0)
-        scores.append(per_position[torch.arange(len(encoded), device=device), last])
+        final_hidden = hidden[torch.arange(len(encoded), device=device), last]
+        scores.append(head(final_hidden).squeeze(-1).float())
+        if axis_names:
+            axes.append(head.per_axis(final_hidden).float())
+    if per_axis is not None and axis_names:
+        stacked = torch.cat(axes).cpu()
+        per_axis.update({name: stacked[:, i] for i, name in enumerate(axis_names)})
     return torch.cat(scores).cpu()
 
 
@@ -179,38 +252,69 @@ def sample_responses(engine: Any, prompt_ids: list[list[int]], temperature: floa
     return responses, ended
 
 
+def reference_of(policy: Any, ref_policy: Any):
+    """The frozen reference as a context: `ref_policy` itself, or, when it is None, the LoRA policy with
+    its adapters disabled (the base weights are the initial policy)."""
+    import contextlib
+
+    if ref_policy is not None:
+        return contextlib.nullcontext(ref_policy)
+    disable = getattr(policy, "disable_adapter", None)
+    if disable is None:
+        raise ValueError("no reference policy, and the policy has no LoRA adapters to disable")
+
+    @contextlib.contextmanager
+    def adapters_off():
+        with disable():
+            yield policy
+
+    return adapters_off()
+
+
 @torch.no_grad()
 def score_rollout(policy: Any, ref_policy: Any, value_model: Any, reward_model: Any, tokenizer: Any,
                   prompt_texts: list[str], prompt_ids: list[list[int]], response_ids: list[list[int]],
                   ended_with_eos: list[bool], temperature: float, device: Any,
-                  forward_batch_size: int = 64) -> Rollout:
-    """Old log-probs (policy and reference), values, entropy and reward scores of sampled episodes."""
+                  forward_batch_size: int = 64, value_head: Any = None) -> Rollout:
+    """Old log-probs (policy and reference), values, entropy and reward scores of sampled episodes.
+
+    With `value_head`, the values come from that head on the policy's hidden states (value_model unused).
+    """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sequences = build_sequences(prompt_ids, response_ids, pad_id)
     logps, refs, values, entropies = [], [], [], []
-    n = len(prompt_ids)
-    for start in range(0, n, forward_batch_size):
-        chunk = sequences.select(torch.arange(start, min(start + forward_batch_size, n))).to(device)
-        rlen = sequences.response_tokens.shape[1]
+    chunks = length_sorted_chunks(sequences.attention_mask.sum(-1), forward_batch_size)
+    rlen = sequences.response_tokens.shape[1]
+    for rows in chunks:
+        chunk = sequences.select(rows).to(device)
         pad = (0, rlen - chunk.response_tokens.shape[1])
-        logp, ent = response_logprobs(policy, chunk, temperature, with_entropy=True)
-        ref, _ = response_logprobs(ref_policy, chunk, temperature)
+        if value_head is None:
+            logp, ent = response_logprobs(policy, chunk, temperature, with_entropy=True)
+            value = token_values(value_model, chunk)
+        else:
+            logp, ent, value = policy_outputs(policy, chunk, temperature, True, value_head)
+        with reference_of(policy, ref_policy) as ref_model:
+            ref, _ = response_logprobs(ref_model, chunk, temperature)
         logps.append(torch.nn.functional.pad(logp, pad))
         refs.append(torch.nn.functional.pad(ref, pad))
         entropies.append(torch.nn.functional.pad(ent, pad))
-        values.append(torch.nn.functional.pad(token_values(value_model, chunk), pad))
+        values.append(torch.nn.functional.pad(value, pad))
+    # back to episode order
+    inverse = torch.argsort(torch.cat(chunks)).to(device)
     special = set(tokenizer.all_special_ids)
     responses = [tokenizer.decode([t for t in r if t not in special], skip_special_tokens=True).strip()
                  for r in response_ids]
-    scores = reward_scores(reward_model, tokenizer, prompt_texts, responses, device)
+    per_axis: dict[str, torch.Tensor] = {}
+    scores = reward_scores(reward_model, tokenizer, prompt_texts, responses, device, per_axis=per_axis)
     return Rollout(
         prompts=list(prompt_texts),
         responses=responses,
         sequences=sequences.to(device),
-        logprobs=torch.cat(logps),
-        ref_logprobs=torch.cat(refs),
-        values=torch.cat(values),
-        entropy=torch.cat(entropies),
+        logprobs=torch.cat(logps)[inverse],
+        ref_logprobs=torch.cat(refs)[inverse],
+        values=torch.cat(values)[inverse],
+        entropy=torch.cat(entropies)[inverse],
         scores=scores.to(device),
         ended_with_eos=torch.tensor(ended_with_eos, dtype=torch.bool, device=device),
+        extra={"reward_per_axis": per_axis},
     )

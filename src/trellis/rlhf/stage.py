@@ -1,9 +1,11 @@
 """`trellis rlhf`: PPO of our own against a frozen reward model, with a frozen reference policy.
 
 Roles: the policy (trained), the reference (the initial policy, frozen), the reward model (frozen) and a
-value model initialised from the reward model (trained; its score head read at every position). Rollouts
-go through the project's serving engine. Writes runs/<name>/rlhf/ through StageRun and resumes from its
-latest checkpoint.
+critic: a value model initialised from the reward model (its score head read at every position), or with
+`value_model: policy_head` a value head on the policy's own backbone. With `lora`, only adapters train and
+the reference is the policy with its adapters disabled. Rollouts go through the project's serving engine.
+Writes runs/<name>/rlhf/ through StageRun and resumes from its latest checkpoint. `algorithm: grpo | rloo`
+hands the same inputs to TRL instead (trellis.rlhf.trl_algorithms).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _world(world: WorldConfig, needed: bool) -> Any | None:
     return World(world)
 
 
-def _gold_eval(model: Any, tokenizer: Any, world_obj: Any, config: RLHFConfig) -> dict[str, Any] | None:
+def gold_eval_of(model: Any, tokenizer: Any, world_obj: Any, config: RLHFConfig) -> dict[str, Any] | None:
     if world_obj is None or not config.gold_eval:
         return None
     from trellis.eval.gold import gold_eval
@@ -70,8 +72,13 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
 
     check_checkpoint_dir(config.policy, need_tokenizer=True)
     check_checkpoint_dir(config.reward_model, need_tokenizer=False)
-    world_obj = _world(world, needed=config.prompts == "world")
+    world_obj = _world(world, needed=config.prompts == "world" or (config.ptx_coef > 0 and config.ptx_data == "world"))
     prompts = load_prompts(config.prompts, world_obj)
+
+    if config.algorithm != "ppo":
+        from trellis.rlhf.trl_algorithms import run_trl_algorithm
+
+        return run_trl_algorithm(config, prompts, world_obj, run_root)
 
     run = StageRun(run_root, "rlhf", config)
     try:
@@ -83,15 +90,26 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
         resume = run.latest_checkpoint()
         policy_dir = resume / "policy" if resume else Path(config.policy)
         value_dir = resume / "value" if resume else Path(config.reward_model)
-        policy = load_causal_lm(policy_dir, device=device)
-        ref_policy = load_causal_lm(config.policy, device=device)
-        reward_model = load_reward_model(config.reward_model, device=device)
-        value_model = load_reward_model(value_dir, device=device)
-        for model in (policy, ref_policy):
+        if config.lora is None:
+            policy = load_causal_lm(policy_dir, device=device)
+            ref_policy = load_causal_lm(config.policy, device=device)
+            chat_models = [policy, ref_policy]
+        else:
+            from trellis.rlhf.lora import add_lora, load_lora_policy
+
+            # the reference is the base weights, reached by disabling the adapters
+            base = load_causal_lm(config.policy, device=device)
+            chat_models, ref_policy = [base], None
+        for model in chat_models:
             model.generation_config.eos_token_id = chat_stop_ids(tokenizer)
             model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if config.lora is not None:
+            policy = load_lora_policy(base, policy_dir) if resume else add_lora(base, config.lora)
+        reward_model = load_reward_model(config.reward_model, device=device)
+        value_model = load_reward_model(value_dir, device=device) if config.value_model == "reward" else None
         for model in (reward_model, value_model):
-            model.config.pad_token_id = tokenizer.pad_token_id
+            if model is not None:
+                model.config.pad_token_id = tokenizer.pad_token_id
 
         trainer = PPOTrainer(config, policy, ref_policy, value_model, reward_model, tokenizer, prompts, device,
                              world_obj=world_obj)
@@ -101,7 +119,8 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
             log.info("resuming RLHF from %s (step %d)", resume, trainer.step)
 
         if resume is None and config.eval_initial:
-            initial_gold = _gold_eval(ref_policy, tokenizer, world_obj, config)
+            # a LoRA policy equals its reference before training (B = 0)
+            initial_gold = gold_eval_of(ref_policy if ref_policy is not None else policy, tokenizer, world_obj, config)
             if initial_gold is not None:
                 trainer.meta["gold_score_initial"] = initial_gold["gold_score"]
 
@@ -121,13 +140,17 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
         finally:
             bar.close()
 
+        from trellis.rlhf.lora import merged_copy
+
+        final_model = merged_copy(policy)  # LoRA: adapters folded in, a plain HF checkpoint
+
         def write_final(tmp: Path) -> None:
-            policy.save_pretrained(tmp)
+            final_model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            policy.generation_config.save_pretrained(tmp)
+            final_model.generation_config.save_pretrained(tmp)
 
         save_atomic(run.final_dir, write_final)
-        gold = _gold_eval(policy, tokenizer, world_obj, config)
+        gold = gold_eval_of(final_model, tokenizer, world_obj, config)
 
         history = trainer.history
         reward_initial, reward_final = _summary(history, "reward_mean")

@@ -13,59 +13,28 @@ import torch
 from trellis.config.rlhf import RLHFConfig
 from trellis.rlhf import ppo
 from trellis.rlhf.kl import make_kl_controller
+from trellis.rlhf.monitor import RewardHackingMonitor
 from trellis.rlhf.prompts import PromptOrder
-from trellis.rlhf.rollout import Rollout, response_logprobs, sample_responses, score_rollout, token_values
+from trellis.rlhf.rollout import (
+    Rollout,
+    length_sorted_chunks,
+    policy_outputs,
+    response_logprobs,
+    sample_responses,
+    score_rollout,
+    token_values,
+)
 
 log = logging.getLogger("trellis.rlhf")
 
 STATE_FILE = "trainer_state.pt"
-TIMING_KEYS = ("rollout_tokens_per_s", "episodes_per_s", "update_seconds", "rollout_seconds", "step_seconds")
-
-
-def _slope(ys: list[float]) -> float:
-    """Least-squares slope of ys against 0..n-1."""
-    n = len(ys)
-    if n < 2:
-        return 0.0
-    mx, my = (n - 1) / 2, sum(ys) / n
-    return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sum((i - mx) ** 2 for i in range(n))
-
-
-class RewardHackingMonitor:
-    """Flags a window in which the reward model's score rises while the world's gold score falls."""
-
-    def __init__(self, window: int, gold_drop: float):
-        self.window, self.gold_drop = window, gold_drop
-        self.rewards: list[float] = []
-        self.golds: list[float] = []
-        self.flagged = False
-
-    def update(self, reward: float, gold: float) -> bool:
-        self.rewards = (self.rewards + [reward])[-self.window:]
-        self.golds = (self.golds + [gold])[-self.window:]
-        if self.window < 2 or len(self.rewards) < self.window:
-            return False
-        span = self.window - 1
-        rising = _slope(self.rewards) > 0
-        falling = _slope(self.golds) * span < -self.gold_drop
-        now = rising and falling
-        if now and not self.flagged:
-            log.warning("possible reward hacking: reward rose by %.3f while gold fell by %.3f over the last %d steps",
-                        _slope(self.rewards) * span, -_slope(self.golds) * span, self.window)
-        self.flagged = now
-        return now
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rewards": list(self.rewards), "golds": list(self.golds), "flagged": self.flagged}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rewards = [float(x) for x in state["rewards"]]
-        self.golds = [float(x) for x in state["golds"]]
-        self.flagged = bool(state["flagged"])
+TIMING_KEYS = ("rollout_tokens_per_s", "episodes_per_s", "update_seconds", "rollout_seconds", "step_seconds",
+               "generation_seconds", "update_tokens_per_s")
 
 
 class PPOTrainer:
-    """Owns the four models, the two optimizers, the KL controller and the prompt order."""
+    """Owns the models (policy, reference or None for LoRA, critic, reward), the optimizers, the KL
+    controller, the prompt order and the optional PPO-ptx stream."""
 
     def __init__(self, config: RLHFConfig, policy: Any, ref_policy: Any, value_model: Any, reward_model: Any,
                  tokenizer: Any, prompts: list[dict[str, Any]], device: Any, world_obj: Any | None = None,
@@ -80,12 +49,25 @@ class PPOTrainer:
         self.prompt_ids = [render_chat_prompt(tokenizer, p["prompt"]) for p in prompts]
         self.stop_ids = stop_token_ids(policy, tokenizer)
         for frozen in (ref_policy, reward_model):
-            frozen.eval().requires_grad_(False)
+            if frozen is not None:
+                frozen.eval().requires_grad_(False)
         # PPO without dropout: the ratio of the first minibatch must be exactly 1
         policy.eval()
-        value_model.eval()
-        self.policy_optim = torch.optim.AdamW(policy.parameters(), lr=config.lr, eps=1e-5)
-        self.value_optim = torch.optim.AdamW(value_model.parameters(), lr=config.value_lr or config.lr, eps=1e-5)
+        value_lr = config.value_lr or config.lr
+        # value_model None: a value head on the policy's backbone (one forward serves actor and critic)
+        self.value_head = None
+        self.value_optim: torch.optim.Optimizer | None = None
+        self.policy_params = [p for p in policy.parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": self.policy_params, "lr": config.lr}]
+        if value_model is None:
+            from trellis.rlhf.value_head import new_value_head
+
+            self.value_head = new_value_head(policy, device)
+            groups.append({"params": list(self.value_head.parameters()), "lr": value_lr})
+        else:
+            value_model.eval()
+            self.value_optim = torch.optim.AdamW(value_model.parameters(), lr=value_lr, eps=1e-5)
+        self.policy_optim = torch.optim.AdamW(groups, lr=config.lr, eps=1e-5)
         self.kl_ctl = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl, config.kl_horizon)
         self.order = PromptOrder(len(prompts), config.seed)
         self.monitor = RewardHackingMonitor(config.hacking_window, config.hacking_gold_drop)
@@ -98,6 +80,20 @@ class PPOTrainer:
 
             engine = Engine(policy, tokenizer, max_batch_size=config.generation_batch_size)
         self.engine = engine
+        self.ptx = None
+        if config.ptx_coef > 0:
+            from trellis.rlhf.ptx import PtxStream
+
+            self.ptx = PtxStream.from_config(config, tokenizer, world_obj, device)
+
+    def autocast(self):
+        """The precision of scoring and of the update (one context for both: old and new log-probs of the
+        same tokens must come from the same arithmetic, or the first ratio is not 1)."""
+        import contextlib
+
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # -- one PPO iteration ------------------------------------------------------------------------------------
     def rollout(self) -> Rollout:
@@ -110,9 +106,10 @@ class PPOTrainer:
                                             cfg.max_new_tokens, seed=(cfg.seed * 1_000_003 + self.step) * 65_536,
                                             stop_token_ids=self.stop_ids)
         generation_seconds = time.perf_counter() - start
-        batch = score_rollout(self.policy, self.ref_policy, self.value_model, self.reward_model, self.tokenizer,
-                              texts, prompt_ids, responses, ended, cfg.temperature, self.device,
-                              forward_batch_size=cfg.forward_batch_size)
+        with self.autocast():
+            batch = score_rollout(self.policy, self.ref_policy, self.value_model, self.reward_model, self.tokenizer,
+                                  texts, prompt_ids, responses, ended, cfg.temperature, self.device,
+                                  forward_batch_size=cfg.forward_batch_size, value_head=self.value_head)
         batch.generation_seconds = generation_seconds
         batch.extra["items"] = [self.prompts[i] for i in idx]
         return batch
@@ -167,8 +164,14 @@ class PPOTrainer:
             **stats,
             "rollout_tokens_per_s": n_tokens / max(batch.generation_seconds, 1e-9),
             "rollout_seconds": rollout_seconds,
+            "generation_seconds": batch.generation_seconds,
             "update_seconds": update_seconds,
+            # tokens (prompt + response) through the policy's forward and backward per second of update
+            "update_tokens_per_s": float(batch.sequences.attention_mask.sum()) * cfg.ppo_epochs
+            / max(update_seconds, 1e-9),
         }
+        for axis, values in batch.extra.get("reward_per_axis", {}).items():
+            metrics[f"reward_{axis}_mean"] = float(values.mean())
         gold = self.gold_metrics(batch)
         metrics.update(gold)
         if "gold_score" in gold and gold["gold_score"] is not None:
@@ -197,51 +200,83 @@ class PPOTrainer:
 
     def update_minibatch(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
                          rows: torch.Tensor) -> dict[str, float]:
+        """One optimizer step of the policy and one of the value model on the minibatch `rows`.
+
+        The minibatch runs as length-sorted micro-batches with gradient accumulation: each micro-batch is
+        padded only to its own longest row, and each loss is weighted by its share of the minibatch's
+        response tokens, so the gradient is the one of the whole minibatch's token mean.
+        """
         cfg = self.config
-        seq = batch.sequences.select(rows)
-        rlen = seq.response_tokens.shape[1]
-        mask = seq.response_mask
-        old_logp = batch.logprobs[rows, :rlen]
-        old_values = batch.values[rows, :rlen]
-        adv, ret = advantages[rows, :rlen], returns[rows, :rlen]
-
-        logp, entropy = response_logprobs(self.policy, seq, cfg.temperature, with_entropy=cfg.entropy_coef > 0)
-        pg = ppo.policy_loss(logp, old_logp, adv, mask, cfg.cliprange)
-        loss = pg.loss
-        if entropy is not None:
-            loss = loss - cfg.entropy_coef * ppo.masked_mean(entropy, mask)
+        lengths = batch.sequences.attention_mask[rows].sum(-1)
+        micro_batches = [rows[m.to(rows.device)] for m in length_sorted_chunks(lengths, cfg.micro_batch_size)]
+        total_tokens = batch.mask[rows].sum().clamp(min=1)
         self.policy_optim.zero_grad(set_to_none=True)
-        loss.backward()
-        policy_grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-        self.policy_optim.step()
+        if self.value_optim is not None:
+            self.value_optim.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
 
-        values = token_values(self.value_model, seq)
-        vf = ppo.value_loss(values, old_values, ret, mask, cfg.cliprange_value)
-        self.value_optim.zero_grad(set_to_none=True)
-        (cfg.vf_coef * vf.loss).backward()
-        value_grad_norm = torch.nn.utils.clip_grad_norm_(self.value_model.parameters(), cfg.grad_clip)
-        self.value_optim.step()
-        return {
-            "policy_loss": float(pg.loss.detach()),
-            "clip_fraction": float(pg.clip_fraction),
-            "approx_kl": float(pg.approx_kl),
-            "ratio_mean": float(pg.ratio_mean),
-            "value_loss": float(vf.loss.detach()),
-            "value_clip_fraction": float(vf.clip_fraction),
-            "policy_grad_norm": float(policy_grad_norm),
-            "value_grad_norm": float(value_grad_norm),
-        }
+        def add(key: str, value: torch.Tensor, weight: torch.Tensor) -> None:
+            sums[key] = sums.get(key, 0.0) + float(value.detach()) * float(weight)
+
+        for micro in micro_batches:
+            seq = batch.sequences.select(micro)
+            rlen = seq.response_tokens.shape[1]
+            mask = seq.response_mask
+            weight = mask.sum() / total_tokens
+            with self.autocast():
+                if self.value_head is None:
+                    logp, entropy = response_logprobs(self.policy, seq, cfg.temperature,
+                                                      with_entropy=cfg.entropy_coef > 0)
+                else:
+                    logp, entropy, values = policy_outputs(self.policy, seq, cfg.temperature,
+                                                           cfg.entropy_coef > 0, self.value_head)
+            pg = ppo.policy_loss(logp, batch.logprobs[micro, :rlen], advantages[micro, :rlen], mask,
+                                 cfg.cliprange)
+            loss = pg.loss
+            if entropy is not None:
+                entropy_mean = ppo.masked_mean(entropy, mask)
+                loss = loss - cfg.entropy_coef * entropy_mean
+                add("entropy_update", entropy_mean, weight)
+            if self.value_head is None:
+                (loss * weight).backward()
+                with self.autocast():
+                    values = token_values(self.value_model, seq)
+            vf = ppo.value_loss(values, batch.values[micro, :rlen], returns[micro, :rlen], mask,
+                                cfg.cliprange_value)
+            if self.value_head is None:
+                (cfg.vf_coef * vf.loss * weight).backward()
+            else:
+                ((loss + cfg.vf_coef * vf.loss) * weight).backward()
+            for key, value in (("policy_loss", pg.loss), ("clip_fraction", pg.clip_fraction),
+                               ("approx_kl", pg.approx_kl), ("ratio_mean", pg.ratio_mean),
+                               ("value_loss", vf.loss), ("value_clip_fraction", vf.clip_fraction)):
+                add(key, value, weight)
+
+        if self.ptx is not None:
+            with self.autocast():
+                sums["ptx_loss"] = self.ptx.backward(self.policy, cfg.ptx_coef)
+        policy_grad_norm = torch.nn.utils.clip_grad_norm_(self.policy_params, cfg.grad_clip)
+        critic = self.value_head if self.value_head is not None else self.value_model
+        # clipped apart: a young critic's large gradients must not shrink the policy's step
+        value_grad_norm = torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
+        self.policy_optim.step()
+        if self.value_optim is not None:
+            self.value_optim.step()
+        return {**sums, "policy_grad_norm": float(policy_grad_norm), "value_grad_norm": float(value_grad_norm)}
 
     # -- checkpoints ----------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """Policy and value as HF directories, everything else in one weights-only-loadable file."""
         self.policy.save_pretrained(directory / "policy")
-        self.value_model.save_pretrained(directory / "value")
-        state = {
+        if self.value_model is not None:
+            self.value_model.save_pretrained(directory / "value")
+        state: dict[str, Any] = {
             "step": self.step,
             "prompt_position": self.order.position,
             "policy_optim": self.policy_optim.state_dict(),
-            "value_optim": self.value_optim.state_dict(),
+            "value_optim": self.value_optim.state_dict() if self.value_optim is not None else {},
+            "value_head": self.value_head.state_dict() if self.value_head is not None else {},
+            "ptx": self.ptx.state_dict() if self.ptx is not None else {},
             "kl_ctl": self.kl_ctl.state_dict(),
             "monitor": self.monitor.state_dict(),
             "history": self.history,
@@ -256,7 +291,12 @@ class PPOTrainer:
         self.step = int(state["step"])
         self.order.position = int(state["prompt_position"])
         self.policy_optim.load_state_dict(state["policy_optim"])
-        self.value_optim.load_state_dict(state["value_optim"])
+        if self.value_optim is not None:
+            self.value_optim.load_state_dict(state["value_optim"])
+        if self.value_head is not None:
+            self.value_head.load_state_dict(state["value_head"])
+        if self.ptx is not None and state.get("ptx"):
+            self.ptx.load_state_dict(state["ptx"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
         self.monitor.load_state_dict(state["monitor"])
         self.history = list(state["history"])
