@@ -67,5 +67,11 @@ def load_causal_lm(path: str | Path, device: Any = "cpu", dtype: Any = None):
 
 
 def load_reward_model(path: str | Path, device: Any = "cpu", dtype: Any = None):
-    """A sequence-classification model (num_labels=1): the reward models Trellis trains."""
-    return _load_model("AutoModelForSequenceClassification", path, device, dtype)
+    """A reward model whose forward gives one scalar per sequence (logits [B, 1]).
+
+    Single-head checkpoints load as they are; a multi-head checkpoint (one score output per axis) gets a
+    score layer that returns the combination its config names (trellis.reward.heads).
+    """
+    from trellis.reward.heads import attach_combined_head
+
+    return attach_combined_head(_load_model("AutoModelForSequenceClassification", path, device, dtype))

@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="a stage YAML (its fields at the top level) or a pipeline YAML")
         _add_common(p)
 
+    p = sub.add_parser("dpo", help="DPO (TRL DPOTrainer) on comparison pairs, a baseline to compare PPO with")
+    p.add_argument("config", help="a dpo YAML (its fields at the top level) or a pipeline YAML with a dpo section")
+    _add_common(p)
+
     p = sub.add_parser("serve", help="serve a checkpoint over an OpenAI-compatible HTTP API")
     p.add_argument("checkpoint", help="a Hugging Face checkpoint directory")
     p.add_argument("--config", default=None, help="YAML with a serve section (or serve fields)")

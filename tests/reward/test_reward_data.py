@@ -93,3 +93,39 @@ def test_world_pairs_have_three_axes_and_a_test_split():
     assert {p["axis"] for p in heldout} == {"helpfulness", "harmlessness", "honesty"}
     assert len(train) > len(heldout) > 0
     assert heldout[0]["prompt"][0]["role"] == "user" and heldout[0]["chosen"][0]["role"] == "assistant"
+
+
+def test_margin_distribution_and_calibration():
+    from trellis.reward.metrics import calibration, margin_distribution
+
+    d = margin_distribution([-1.0, 0.0, 1.0, 2.0, 3.0])
+    assert d["median"] == 1.0 and d["min"] == -1.0 and d["max"] == 3.0 and d["negative_fraction"] == 0.2
+    assert d["p25"] == pytest.approx(0.0) and d["p75"] == pytest.approx(2.0)
+    # confident and always right: P(chosen) near 1 on every pair -> tiny ECE and log loss
+    sure = calibration([8.0] * 10)
+    assert sure["ece"] < 0.01 and sure["log_loss"] < 0.01 and sure["bins"][-1]["accuracy"] == 1.0
+    # confident and right only half the time: the 0.9-1.0 bin shows the gap
+    over = calibration([4.0] * 5 + [-4.0] * 5)
+    assert over["ece"] == pytest.approx(0.982 - 0.5, abs=0.01) and over["bins"][-1]["accuracy"] == 0.5
+    # unsure (P = 0.5) is calibrated on a coin flip's worth of pairs
+    assert calibration([0.0] * 4)["log_loss"] == pytest.approx(0.6931, abs=1e-3)
+    m = pairwise_metrics([1.0, 2.0], [0.0, 3.0], ["a", "a"], [9, 1], [1, 9])
+    assert m["length_margin_correlation"] == pytest.approx(1.0)
+    assert m["margin"]["mean"] == m["margin_mean"] == 0.0 and "calibration" in m
+
+
+def test_pair_sources_tag_axes_limit_and_hold_out_each_file(tmp_path):
+    from trellis.config.reward import PairSource
+
+    files = []
+    for name in ("a", "b"):
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
+                             for i in range(20)))
+        files.append(p)
+    sources = [PairSource(path=str(files[0]), axis="helpfulness", limit=10),
+               PairSource(path=str(files[1]), axis="harmlessness")]
+    train, heldout, _ = load_reward_pairs(sources, None, heldout_fraction=0.2, seed=0)
+    assert len(train) + len(heldout) == 30
+    assert sorted(p["axis"] for p in heldout) == ["harmlessness"] * 4 + ["helpfulness"] * 2
+    assert all(int(p["prompt"][0]["content"][1:]) < 10 for p in train + heldout if p["axis"] == "helpfulness")

@@ -63,3 +63,35 @@ def test_reward_resumes(tiny_chat_checkpoint, easy_pairs, tmp_path):
 def test_max_length_drops_everything_is_an_error(tiny_chat_checkpoint, easy_pairs, tmp_path):
     with pytest.raises(TrellisError, match="reward.max_length"):
         reward_stage.run(_config(tiny_chat_checkpoint, easy_pairs, max_length=4), WorldConfig(), tmp_path / "r")
+
+
+def test_over_length_pairs_dropped_or_truncated_from_the_left(tiny_chat_checkpoint):
+    from trellis.checkpoint import load_tokenizer
+    from trellis.reward.tokenize import tokenize_pairs
+
+    tok = load_tokenizer(tiny_chat_checkpoint)
+    long_prompt = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 20}]
+    pairs = [{"prompt": long_prompt, "chosen": [{"role": "assistant", "content": "Yes."}],
+              "rejected": [{"role": "assistant", "content": "No."}], "axis": None},
+             {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello."}],
+              "rejected": [{"role": "assistant", "content": "Go."}], "axis": None}]
+    rows, counts = tokenize_pairs(tok, pairs, max_length=32, over_length="drop")
+    assert len(rows) == 1 and counts == {"over_max_length": 1}
+    rows, counts = tokenize_pairs(tok, pairs, max_length=32, over_length="truncate")
+    assert len(rows) == 2 and counts == {"truncated": 1} and len(rows[0]["chosen_ids"]) == 32
+    # the answers being compared survive the cut
+    assert tok.decode(rows[0]["chosen_ids"]).rstrip().endswith("Yes.<|im_end|>")
+
+
+@pytest.mark.parametrize("heads", [None, ["helpfulness", "harmlessness"]])
+def test_margin_enters_the_loss(tiny_chat_checkpoint, easy_pairs, tmp_path, heads):
+    from trellis.run import read_metrics
+
+    def first_loss(margin: float, root: Path) -> float:
+        reward_stage.run(_config(tiny_chat_checkpoint, easy_pairs, max_steps=1, logging_steps=1, margin=margin,
+                                 heads=heads, center_rewards_coefficient=None, heldout_fraction=0.0),
+                         WorldConfig(), root)
+        return [r["loss"] for r in read_metrics(root / "reward" / "metrics.jsonl") if "loss" in r][0]
+
+    # a fresh score head gives rewards near 0: loss ~ log 2 without a margin, ~ log(1 + e) with margin 1
+    assert first_loss(0.0, tmp_path / "a") < 0.8 < 1.2 < first_loss(1.0, tmp_path / "b")

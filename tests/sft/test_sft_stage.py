@@ -76,6 +76,7 @@ def test_sft_lowers_loss_stops_and_reloads(tiny_chat_checkpoint, arith_file, tmp
     assert losses[-1] < 0.5 * losses[0]
     assert summary["train_loss_final"] == pytest.approx(losses[-1])
     assert summary["eval_loss_final"] is not None and summary["examples"] == 48
+    assert summary["truncated_examples"] == 0
     assert (tmp_path / "run" / "sft" / "tb").is_dir()
 
     # the output is a plain Hugging Face checkpoint
@@ -112,3 +113,12 @@ def test_resume_from_trainer_checkpoint(tiny_chat_checkpoint, arith_file, tmp_pa
 def test_bad_model_path_is_one_line_error(arith_file, tmp_path):
     with pytest.raises(TrellisError, match="checkpoint directory not found"):
         sft_stage.run(_config(tmp_path / "nope", arith_file), WorldConfig(), tmp_path / "run")
+
+
+def test_over_length_examples_are_counted(tiny_chat_checkpoint):
+    from trellis.checkpoint import load_tokenizer
+
+    tok = load_tokenizer(tiny_chat_checkpoint)
+    rows = _arith_rows(3) + [{"messages": [{"role": "user", "content": "fox " * 200},
+                                           {"role": "assistant", "content": "ok"}]}]
+    assert sft_stage.count_over_length(tok, rows, max_length=64) == 1

@@ -3,6 +3,7 @@
 from typing import Literal
 
 from trellis.config.base import Section
+from trellis.config.dpo import DPOConfig
 from trellis.config.eval import EvalConfig
 from trellis.config.pretrain import PretrainConfig
 from trellis.config.reward import RewardConfig
@@ -27,3 +28,5 @@ class PipelineConfig(Section):
     rlhf: RLHFConfig = RLHFConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
+    # not in STAGE_ORDER: a baseline run on its own with `trellis dpo CONFIG`
+    dpo: DPOConfig = DPOConfig()

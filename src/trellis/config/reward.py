@@ -1,15 +1,65 @@
 """`trellis reward`: a pairwise (Bradley-Terry) reward model (TRL RewardTrainer).
 
 `model` null in a pipeline means the SFT stage's final checkpoint; `data` "world" means the world's
-comparison pairs on three axes.
+comparison pairs on three axes. `data` may also be one pair file or a list of sources, each tagged
+with the axis its pairs rate (hh-rlhf helpful-base -> helpfulness, harmless-base -> harmlessness).
+
+`heads` set: one score head per axis on one backbone; each pair trains its own axis's head, and
+`combine` turns the heads into the one scalar PPO maximises.
 """
 
-from trellis.config.base import HFTrainerSection
+from typing import Literal
+
+from pydantic import model_validator
+
+from trellis.config.base import HFTrainerSection, Section
+
+
+class PairSource(Section):
+    path: str
+    # the axis these pairs rate; overrides an "axis" field inside the file
+    axis: str | None = None
+    # keep only the first N pairs of this file (null: all)
+    limit: int | None = None
+
+
+class HarmConstraint(Section):
+    """combined = weighted sum if reward[axis] > threshold else penalty (a safety floor, not a trade-off)."""
+
+    axis: str = "harmlessness"
+    threshold: float = 0.0
+    penalty: float = -5.0
+
+
+class RewardCombination(Section):
+    # weight of each head in the combined reward; a head left out weighs 0. Empty: every head weighs 1.
+    weights: dict[str, float] = {}
+    constraint: HarmConstraint | None = None
 
 
 class RewardConfig(HFTrainerSection):
+    data: str | list[PairSource] = "world"
     epochs: float = 2.0
     lr: float = 5e-4
     # pulls mean rewards toward 0 (Eisenstein et al. 2023) so PPO sees centred scores; null turns it off
     center_rewards_coefficient: float | None = 0.01
     heldout_fraction: float = 0.1
+    # Bradley-Terry with a margin: loss = -log sigmoid(r_chosen - r_rejected - margin) for every pair
+    margin: float = 0.0
+    # null: one head for every pair (the scalar PPO uses); a list of axes: one head each
+    heads: list[str] | None = None
+    combine: RewardCombination = RewardCombination()
+    # what happens to a pair longer than max_length: "drop" it, or "truncate" the prompt from the left
+    over_length: Literal["drop", "truncate"] = "drop"
+
+    @model_validator(mode="after")
+    def _combination_names_heads(self) -> "RewardConfig":
+        if self.heads is None:
+            return self
+        if not self.heads or len(set(self.heads)) != len(self.heads):
+            raise ValueError(f"heads: expected distinct axis names, got {self.heads}")
+        named = set(self.combine.weights) | ({self.combine.constraint.axis} if self.combine.constraint else set())
+        unknown = sorted(named - set(self.heads))
+        if unknown:
+            raise ValueError(f"combine names {unknown}, which are not among heads {self.heads}")
+        return self

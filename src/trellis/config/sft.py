@@ -4,7 +4,17 @@
 synthetic world's instructions.
 """
 
-from trellis.config.base import HFTrainerSection
+from trellis.config.base import HFTrainerSection, Section
+
+
+class LoRASection(Section):
+    """Low-rank adapters (peft LoRA); the stage merges them into the weights it exports."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # module names inside each layer (Llama: the attention and MLP projections)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class SFTConfig(HFTrainerSection):
@@ -13,3 +23,7 @@ class SFTConfig(HFTrainerSection):
     epochs: float = 8.0
     lr: float = 2e-3
     eval_fraction: float = 0.05
+    # train only the first N examples of the data (null: all); for short recipes on large files
+    max_examples: int | None = None
+    # null: full fine-tuning
+    lora: LoRASection | None = None

@@ -128,9 +128,21 @@ def split_heldout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[P
     return [pairs[i] for i in order[n:]], [pairs[i] for i in order[:n]]
 
 
-def load_reward_pairs(data: str, world_config: Any, heldout_fraction: float, seed: int
+def _load_source(source: Any, heldout_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Train and held-out pairs of one file; each file is split on its own so every axis is held out."""
+    pairs = load_pair_file(source.path)
+    if source.limit is not None:
+        pairs = pairs[: source.limit]
+    if source.axis is not None:
+        for pair in pairs:
+            pair["axis"] = source.axis
+    return split_heldout(pairs, heldout_fraction, seed)
+
+
+def load_reward_pairs(data: Any, world_config: Any, heldout_fraction: float, seed: int
                       ) -> tuple[list[Pair], list[Pair], Counter]:
-    """(train pairs, held-out pairs, dropped counts) for `RewardConfig.data`."""
+    """(train pairs, held-out pairs, dropped counts) for `RewardConfig.data`: "world", a path, or a list of
+    sources ({path, axis, limit})."""
     if data == "world":
         from trellis.data.world import World
 
@@ -138,7 +150,16 @@ def load_reward_pairs(data: str, world_config: Any, heldout_fraction: float, see
         train = [_world_pair(p) for p in world.comparison_pairs("train")]
         heldout = [_world_pair(p) for p in world.comparison_pairs("test")]
     else:
-        train, heldout = split_heldout(load_pair_file(data), heldout_fraction, seed)
+        from trellis.config.reward import PairSource
+
+        sources = [PairSource(path=data)] if isinstance(data, str) else list(data)
+        train, heldout = [], []
+        for source in sources:
+            t, h = _load_source(source, heldout_fraction, seed)
+            train += t
+            heldout += h
+        # one shuffled stream, so a batch mixes the sources' axes
+        random.Random(seed).shuffle(train)
     train, dropped_train = clean_pairs(train)
     heldout, dropped_heldout = clean_pairs(heldout)
     return train, heldout, dropped_train + dropped_heldout

@@ -4,6 +4,9 @@ With a chat template that carries `{% generation %}` markers (Trellis's ChatML) 
 trained (assistant_only_loss). A foreign template without them falls back to prompt/completion data and
 completion_only_loss, which trains the last assistant turn. Either way the answer's closing <|im_end|> is in
 the loss, so the model learns to stop.
+
+With `lora` set, peft LoRA adapters train instead of the full weights; the adapter alone is kept in
+`sft/adapter/` and final/ gets the merged weights, a plain checkpoint that loads without peft.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ from trellis.sft.hf_trainer import (
     make_log_callback,
     resume_point,
     without_stdout_printer,
+)
+from trellis.sft.lora import (
+    check_target_modules,
+    is_peft,
+    merged,
+    peft_lora_config,
+    save_adapter,
+    trainable_parameters,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +103,7 @@ def greedy_chat(model: Any, tokenizer: Any, user_texts: list[str], max_new_token
     return out
 
 
-def _gold(model: Any, tokenizer: Any, world_config: WorldConfig) -> dict[str, Any] | None:
+def world_gold(model: Any, tokenizer: Any, world_config: WorldConfig) -> dict[str, Any] | None:
     try:
         from trellis.data.world import World
         from trellis.eval.gold import gold_eval
@@ -120,6 +131,12 @@ def _sample_prompts(data: str, world_config: WorldConfig, eval_examples: list[di
     return prompts
 
 
+def count_over_length(tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> int:
+    """Examples whose chat rendering exceeds max_length tokens (TRL cuts their end, answer included)."""
+    return sum(len(tokenizer.apply_chat_template(ex["messages"], tokenize=True, return_dict=True)["input_ids"])
+               > max_length for ex in examples)
+
+
 def make_trainer(config: SFTConfig, run: StageRun, model: Any, tokenizer: Any, train_ex: list[dict[str, Any]],
                  eval_ex: list[dict[str, Any]], assistant_masks: bool):
     """The TRL SFTTrainer the stage trains with (tests inspect its datasets and collator)."""
@@ -136,8 +153,13 @@ def make_trainer(config: SFTConfig, run: StageRun, model: Any, tokenizer: Any, t
         packing=config.packing,
         eos_token=IM_END if IM_END in tokenizer.get_vocab() else None,
     )
+    peft_config = None
+    if config.lora is not None:
+        check_target_modules(model, config.lora, "sft")
+        peft_config = peft_lora_config(config.lora)
     return without_stdout_printer(SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                             processing_class=tokenizer, callbacks=[make_log_callback(run)]))
+                                             processing_class=tokenizer, callbacks=[make_log_callback(run)],
+                                             peft_config=peft_config))
 
 
 def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
@@ -145,6 +167,8 @@ def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
         raise TrellisError("sft.model: no input checkpoint (set sft.model or run the pretrain stage first)")
     model_dir = check_checkpoint_dir(config.model, need_tokenizer=True)
     source, examples = load_sft_examples(config.data, world)
+    if config.max_examples is not None:
+        examples = examples[: config.max_examples]
     if not examples:
         raise TrellisError(f"sft.data: {config.data} gave no examples")
 
@@ -169,7 +193,12 @@ def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
             metrics = trainer.evaluate()  # the log callback records it
             eval_loss = float(metrics["eval_loss"])
 
-        model = trainer.model
+        lora_info = None
+        if is_peft(trainer.model):
+            lora_info = trainable_parameters(trainer.model)
+            save_atomic(run.dir / "adapter", lambda tmp: save_adapter(trainer.model, tmp))
+        # final/ is a plain checkpoint: LoRA adapters are folded into the weights
+        model = merged(trainer.model)
         model.generation_config.eos_token_id = eos
 
         def write(tmp: Path) -> None:
@@ -189,12 +218,14 @@ def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
             "eval_examples": len(eval_ex),
             "data_format": source,
             "loss_on": "assistant_tokens" if assistant_masks else "last_completion",
+            "truncated_examples": count_over_length(tokenizer, train_ex + eval_ex, config.max_length),
             "resumed_from": str(resume) if resume else None,
             "train_runtime_s": output.metrics.get("train_runtime"),
             "train_steps_per_second": output.metrics.get("train_steps_per_second"),
+            "lora": lora_info,
         }
         if config.data == "world":
-            gold = _gold(model, tokenizer, world)
+            gold = world_gold(model, tokenizer, world)
             if gold is not None:
                 summary["gold_score"] = gold["gold_score"]
                 summary["gold"] = {k: v for k, v in gold.items() if k != "samples"}

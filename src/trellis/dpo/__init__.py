@@ -1,0 +1,1 @@
+"""DPO: preference optimisation straight from comparison pairs (TRL DPOTrainer)."""
