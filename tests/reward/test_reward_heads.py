@@ -130,3 +130,24 @@ def test_ppo_runs_unchanged_on_a_multihead_reward_model(tiny_chat_checkpoint, tw
     rlhf_stage.run(config, WorldConfig(), tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "rlhf" / "summary.json").read_text())
     assert summary["status"] == "done" and summary["reward_mean_final"] is not None
+
+
+def test_the_critic_of_a_constrained_multihead_reward_is_one_linear_output(tiny_chat_checkpoint, two_axis_pairs,
+                                                                           tmp_path):
+    from trellis.checkpoint import load_reward_model
+    from trellis.rlhf.value_init import load_value_model
+
+    reward_dir = reward_stage.run(_config(tiny_chat_checkpoint, two_axis_pairs, max_steps=2), WorldConfig(),
+                                  tmp_path / "run")
+    reward = load_reward_model(reward_dir)
+    critic = load_value_model(reward_dir)
+    assert critic.score.out_features == 1 and critic.config.num_labels == 1
+    hidden = torch.randn(5, reward.score.in_features)
+    per_axis = reward.score.per_axis(hidden)
+    # the weighted sum of the heads (weights: helpfulness 1, harmlessness 0), with no constant penalty
+    assert torch.allclose(critic.score(hidden)[:, 0], per_axis[:, 0], atol=1e-6)
+    hidden.requires_grad_(True)
+    critic.score(hidden).sum().backward()
+    assert hidden.grad.abs().sum() > 0
+    critic.save_pretrained(tmp_path / "critic")
+    assert load_reward_model(tmp_path / "critic").score.out_features == 1

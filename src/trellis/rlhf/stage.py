@@ -69,6 +69,7 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
     from trellis.device import resolve_device
     from trellis.rlhf.prompts import load_prompts
     from trellis.rlhf.trainer import TIMING_KEYS, PPOTrainer
+    from trellis.rlhf.value_init import load_value_model
 
     check_checkpoint_dir(config.policy, need_tokenizer=True)
     check_checkpoint_dir(config.reward_model, need_tokenizer=False)
@@ -106,7 +107,7 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
         if config.lora is not None:
             policy = load_lora_policy(base, policy_dir) if resume else add_lora(base, config.lora)
         reward_model = load_reward_model(config.reward_model, device=device)
-        value_model = load_reward_model(value_dir, device=device) if config.value_model == "reward" else None
+        value_model = load_value_model(value_dir, device=device) if config.value_model == "reward" else None
         for model in (reward_model, value_model):
             if model is not None:
                 model.config.pad_token_id = tokenizer.pad_token_id
