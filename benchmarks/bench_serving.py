@@ -3,7 +3,17 @@
     python benchmarks/bench_serving.py [--model PATH] [--requests 32] [--concurrency 1,4,16]
                                        [--max-new-tokens 48] [--threads N] [--arrival-rate 3]
                                        [--static-policies groups[,greedy]]
+                                       [--max-prefill-tokens 512] [--prefix-cache-mb 256]
                                        [--out benchmarks/results/serving-<date>.json]
+
+On a GPU machine with no network and no SmolLM2 weights (needs only torch, transformers and trellis):
+
+    PYTHONPATH=src python benchmarks/bench_serving.py --device cuda --dtype bfloat16 --random-weights
+
+builds a randomly initialised model of SmolLM2-135M's configuration (written out below), token-id prompts
+of the same shape as the chat workload (a shared system prompt, a shared passage before every third), and
+ignores eos so every request generates exactly its max_new_tokens. Greedy "mismatches" there only show
+bf16 noise on a random model's flat logits, not engine bugs.
 
 One process, one model, measured in this order:
   bandwidth   a large tensor copy -> memory bandwidth; weight bytes per decode step -> the batch-1 bound
@@ -33,6 +43,7 @@ import os
 import platform
 import queue
 import random
+import statistics
 import sys
 import threading
 import time
@@ -70,6 +81,74 @@ PASSAGE = (
     "visitors instead: the warehouses became cafes, the ropewalk a museum, and the lighthouse a place to "
     "watch the sunset. "
 )
+
+
+# SmolLM2-135M-Instruct's config.json (LlamaForCausalLM), for --random-weights
+SMOLLM2_135M_CONFIG = {
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "hidden_act": "silu",
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "initializer_range": 0.041666666666666664,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+}
+
+
+class StubTokenizer:
+    """Enough of a tokenizer for the engine over token-id prompts: no text, pad id 2, no eos."""
+
+    pad_token_id = 2
+    eos_token_id = None
+
+    def decode(self, ids: Any, skip_special_tokens: bool = True) -> str:
+        return ""
+
+
+def random_model(dtype: Any, device: str) -> Any:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**SMOLLM2_135M_CONFIG)
+    model = LlamaForCausalLM(cfg).to(dtype=dtype, device=device).eval()
+    # no eos anywhere: every request runs to its max_new_tokens on both peers
+    model.config.eos_token_id = None
+    model.generation_config = GenerationConfig(eos_token_id=None, pad_token_id=2, bos_token_id=1)
+    return model
+
+
+def build_random_prompts(n: int, seed: int, vocab: int) -> list[list[int]]:
+    """Token-id prompts shaped like `build_prompts`: a shared 31-token system prompt, a question of 8-18
+    tokens, and every third one behind 1-3 copies of a shared 98-token passage (39..340 tokens)."""
+    rng = random.Random(seed)
+    system = [rng.randrange(3, vocab) for _ in range(31)]
+    passage = [rng.randrange(3, vocab) for _ in range(98)]
+    out = []
+    for i in range(n):
+        body = [rng.randrange(3, vocab) for _ in range(rng.randint(8, 18))]
+        if i % 3 == 2:
+            body = passage * rng.randint(1, 3) + body
+        out.append(system + body)
+    return out
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so wall-clock stamps mean what they say (no-op on CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 # ---- workload --------------------------------------------------------------------------------------------
@@ -160,6 +239,7 @@ class StepStamps:
         self.times: list[float] = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
+        sync()
         self.times.append(time.perf_counter())
         return scores
 
@@ -182,6 +262,8 @@ def hf_generate(
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = torch.tensor(p)
         mask[i, width - len(p) :] = 1
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device), mask.to(device)
     stamps = StepStamps()
     with torch.inference_mode():
         out = model.generate(
@@ -192,6 +274,7 @@ def hf_generate(
             pad_token_id=pad_id,
             logits_processor=LogitsProcessorList([stamps]),
         )
+    sync()
     end = time.perf_counter()
     limits = limits or [max_new] * len(prompts)
     gens = [trim(out[i, width:].tolist(), eos, limits[i]) for i in range(len(prompts))]
@@ -272,7 +355,8 @@ def run_static_mixed(
 def _stream(engine: Any, prompt: list[int], max_new: int, t0: float) -> dict:
     from trellis.serving.sampling import SamplingParams
 
-    handle = engine.submit(prompt, SamplingParams(temperature=0.0, max_tokens=max_new))
+    ignore_eos = not engine.eos_token_ids  # --random-weights: fixed lengths
+    handle = engine.submit(prompt, SamplingParams(temperature=0.0, max_tokens=max_new, ignore_eos=ignore_eos))
     ttft, streamed = None, []
     for delta in handle:
         if delta.token_ids and ttft is None:
@@ -359,6 +443,23 @@ def run_engine_mixed(
     return row, [r["ids"] for r in recs]
 
 
+def reset_engine(engine: Any) -> None:
+    """Forget earlier settings' prompts (the prefix cache would otherwise hand them back whole)."""
+    if engine.prefix_cache is not None:
+        engine.prefix_cache.clear()
+    for k in engine.stats:
+        engine.stats[k] = 0
+
+
+def engine_stats(engine: Any) -> dict:
+    out = dict(engine.stats)
+    if engine.prefix_cache is not None:
+        out["prefix_cache_hits"] = engine.prefix_cache.hits
+        out["prefix_reused_tokens"] = engine.prefix_cache.reused_tokens
+        engine.prefix_cache.hits = engine.prefix_cache.reused_tokens = 0
+    return out
+
+
 # ---- where the time goes ---------------------------------------------------------------------------
 class ForwardTimer:
     """Forward hooks on the model: the wall time of every forward, with its input shape (batch, tokens)."""
@@ -373,9 +474,11 @@ class ForwardTimer:
     def _pre(self, module: Any, args: Any, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         self._shape = tuple(ids.shape) if ids is not None else (0, 0)
+        sync()
         self._t0 = time.perf_counter()
 
     def _post(self, module: Any, args: Any, kwargs: dict, out: Any) -> None:
+        sync()
         self.records.append((self._shape, time.perf_counter() - self._t0))
 
     def take(self, wall: float) -> dict:
@@ -403,12 +506,14 @@ def bandwidth_bound(model: Any, gib: float = 1.0, repeats: int = 10) -> dict:
     import torch
 
     n = int(gib * 2**30) // 4
-    src = torch.ones(n, dtype=torch.float32)
+    src = torch.ones(n, dtype=torch.float32, device=next(model.parameters()).device)
     dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         dst.copy_(src)
+        sync()
         best = min(best, time.perf_counter() - t0)
     bw = 2 * n * 4 / best
     del src, dst
@@ -503,6 +608,16 @@ def main() -> None:
         help="mixed workload static peers, from groups,greedy (greedy adds about a minute)",
     )
     ap.add_argument("--max-batch-size", type=int, default=16, help="engine max_batch_size")
+    ap.add_argument("--max-prefill-tokens", type=int, default=512, help="engine chunked-prefill cap")
+    ap.add_argument("--prefix-cache-mb", type=float, default=256.0, help="engine prefix cache (0: off)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="a random model of SmolLM2-135M's config, token-id prompts, eos ignored (no weights, no network)",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the uniform (static, engine) pairs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/serving-<date>.json)")
     args = ap.parse_args()
@@ -515,16 +630,31 @@ def main() -> None:
     from trellis.serving.engine import Engine
 
     torch.set_num_threads(args.threads)
-    if args.model is None:
-        from trellis.convert.smollm2 import smollm2_checkpoint
+    dtype = getattr(torch, args.dtype)
+    if args.random_weights:
+        args.model = "random SmolLM2-135M config"
+        tokenizer: Any = StubTokenizer()
+        model = random_model(dtype, args.device)
+    else:
+        if args.model is None:
+            from trellis.convert.smollm2 import smollm2_checkpoint
 
-        args.model = str(smollm2_checkpoint())
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    engine = Engine(model, tokenizer, max_batch_size=args.max_batch_size)
+            args.model = str(smollm2_checkpoint())
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    engine = Engine(
+        model,
+        tokenizer,
+        max_batch_size=args.max_batch_size,
+        max_prefill_tokens=args.max_prefill_tokens,
+        prefix_cache_mb=args.prefix_cache_mb,
+    )
     eos = set(engine.eos_token_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    prompts = build_prompts(tokenizer, args.requests, args.seed)
+    if args.random_weights:
+        prompts = build_random_prompts(args.requests, args.seed, SMOLLM2_135M_CONFIG["vocab_size"])
+    else:
+        prompts = build_prompts(tokenizer, args.requests, args.seed)
     plens = [len(p) for p in prompts]
     print(
         f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
@@ -546,6 +676,7 @@ def main() -> None:
     from trellis.serving.sampling import SamplingParams
 
     engine.generate(prompts[:4], SamplingParams(temperature=0.0, max_tokens=4))
+    engine.generate(prompts[:16], SamplingParams(temperature=0.0, max_tokens=4))
     engine.submit(prompts[0], SamplingParams(temperature=0.0, max_tokens=4)).result()
 
     bound = bandwidth_bound(model)
@@ -564,26 +695,38 @@ def main() -> None:
     rows.append(seq_row)
     print(f"  {seq_row['system']}: {seq_row['tokens_per_s']:.1f} tok/s", flush=True)
     mismatches: dict[str, list[dict]] = {}
-    for c in conc:
-        if c > 1:
-            row, gens = run_static(model, prompts, c, args.max_new_tokens, pad_id, eos)
-            mismatches[row["system"]] = mismatch_report(gens, refs)
-            row["mismatches"] = len(mismatches[row["system"]])
+    # on a shared machine the load drifts within minutes: --rounds repeats each (static, engine) pair so
+    # each ratio compares neighbours in time, and the median ratio is the headline
+    uniform: list[tuple[int, int, dict, dict | None]] = []  # (round, c, engine row, static row)
+    for rnd in range(args.rounds):
+        for c in conc:
+            srow = None
+            if c > 1:
+                srow, gens = run_static(model, prompts, c, args.max_new_tokens, pad_id, eos)
+                mismatches[f"{srow['system']} round {rnd}"] = mismatch_report(gens, refs)
+                srow["mismatches"] = len(mismatches[f"{srow['system']} round {rnd}"])
+                srow["forwards"] = timer.take(srow["wall_s"])
+                srow["round"] = rnd
+                rows.append(srow)
+                print(f"  {srow['system']}: {srow['tokens_per_s']:.1f} tok/s", flush=True)
+            reset_engine(engine)
+            row, gens = run_engine_closed(engine, prompts, c, args.max_new_tokens)
+            row["engine_stats"] = engine_stats(engine)
+            mismatches[f"{row['system']} round {rnd}"] = mismatch_report(gens, refs)
+            row["mismatches"] = len(mismatches[f"{row['system']} round {rnd}"])
             row["forwards"] = timer.take(row["wall_s"])
+            row["round"] = rnd
             rows.append(row)
+            uniform.append((rnd, c, row, srow))
             print(f"  {row['system']}: {row['tokens_per_s']:.1f} tok/s", flush=True)
-        row, gens = run_engine_closed(engine, prompts, c, args.max_new_tokens)
-        mismatches[row["system"]] = mismatch_report(gens, refs)
-        row["mismatches"] = len(mismatches[row["system"]])
-        row["forwards"] = timer.take(row["wall_s"])
-        rows.append(row)
-        print(f"  {row['system']}: {row['tokens_per_s']:.1f} tok/s", flush=True)
 
     order, arrivals, max_new = mixed_workload(args.requests, args.arrival_rate, args.seed)
     mprompts = [prompts[i] for i in order]
     # greedy is deterministic, so a request's output is a prefix of (or, past 48, extends) peer A's
     mrefs = [refs[i] for i in order]
+    reset_engine(engine)
     row, gens = run_engine_mixed(engine, mprompts, arrivals, max_new)
+    row["engine_stats"] = engine_stats(engine)
     mismatches["engine mixed"] = mixed_mismatches(gens, mrefs, max_new, args.max_new_tokens, eos)
     row["mismatches"] = len(mismatches["engine mixed"])
     row["forwards"] = timer.take(row["wall_s"])
@@ -615,9 +758,15 @@ def main() -> None:
         ratios[f"static b={cmax} / sequential"] = tps(
             f"static batch generate (b={cmax})", f"uniform c={cmax}"
         ) / tps("sequential generate", "uniform c=1")
-        ratios[f"engine c={cmax} / static b={cmax} (uniform)"] = tps(
-            f"trellis engine (c={cmax})", f"uniform c={cmax}"
-        ) / tps(f"static batch generate (b={cmax})", f"uniform c={cmax}")
+        for c in [c for c in conc if c > 1]:
+            per_round = [e["tokens_per_s"] / st["tokens_per_s"] for _, cc, e, st in uniform if cc == c and st]
+            ratios[f"engine c={c} / static b={c} (uniform, median of {len(per_round)})"] = statistics.median(
+                per_round
+            )
+            if len(per_round) > 1:
+                ratios.update(
+                    {f"engine c={c} / static b={c} (round {i})": r for i, r in enumerate(per_round)}
+                )
     for policy in policies:
         ratios[f"engine / static {policy} (mixed)"] = tps("trellis engine", "mixed") / tps(
             f"static batch generate ({policy}, <= {args.mixed_batch})", "mixed"
@@ -674,7 +823,10 @@ def main() -> None:
         "transformers": transformers.__version__,
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "model": args.model,
-        "dtype": "float32",
+        "dtype": args.dtype,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "random_weights": args.random_weights,
         "greedy": True,
         "max_new_tokens": args.max_new_tokens,
         "requests": args.requests,
@@ -697,6 +849,21 @@ def main() -> None:
     }
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+    summary = {
+        "device": result["gpu"] or result["machine"]["processor"],
+        "dtype": args.dtype,
+        "model": args.model,
+        "ratios": ratios,
+        "tokens_per_s": {_label(r, args.rounds): round(r["tokens_per_s"], 1) for r in rows},
+        "ttft_p99_s": {_label(r, args.rounds): round(r["ttft_p99_s"], 3) for r in rows},
+        "mismatches": {k: len(v) for k, v in mismatches.items()},
+    }
+    print(json.dumps(summary))
+
+
+def _label(row: dict, rounds: int) -> str:
+    label = f"{row['setting']} | {row['system']}"
+    return f"{label} | round {row['round']}" if rounds > 1 and "round" in row else label
 
 
 def _cpu_busy(seconds: float = 1.0) -> float:

@@ -86,3 +86,46 @@ def checkpoint_dir(tmp_path_factory, model, tokenizer):
     gen.update(temperature=0.7, do_sample=True)
     (d / "generation_config.json").write_text(json.dumps(gen))
     return d
+
+
+class LiveServer:
+    """An app under uvicorn on a free loopback port, in a thread."""
+
+    def __init__(self, app) -> None:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """What SIGTERM does: stop accepting, let in-flight requests finish, return."""
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()
+
+
+@pytest.fixture
+def live_server():
+    started: list[LiveServer] = []
+
+    def start(app) -> LiveServer:
+        s = LiveServer(app)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        if s.thread.is_alive():
+            s.stop()

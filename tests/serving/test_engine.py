@@ -195,10 +195,10 @@ def test_cancel_stops_a_stream(model, tokenizer):
 
 
 def test_a_failing_step_fails_its_requests_and_the_loop_survives(model, tokenizer, monkeypatch):
-    from trellis.serving import engine as engine_mod
+    from trellis.serving.batch import RunningBatch
 
     engine = Engine(model, tokenizer)
-    real = engine_mod._Batch._forward
+    real = RunningBatch._forward
     calls = {"n": 0}
 
     def flaky(self, *args, **kwargs):
@@ -207,7 +207,7 @@ def test_a_failing_step_fails_its_requests_and_the_loop_survives(model, tokenize
             raise RuntimeError("boom")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine_mod._Batch, "_forward", flaky)
+    monkeypatch.setattr(RunningBatch, "_forward", flaky)
     try:
         h = engine.submit(PROMPTS[0], SamplingParams(temperature=0, max_tokens=5))
         with pytest.raises(RuntimeError, match="boom"):

@@ -244,3 +244,13 @@ def test_default_model_name_of_a_stage_checkpoint(tmp_path):
 
     assert default_model_name(tmp_path / "quickstart" / "rlhf" / "final") == "quickstart-rlhf"
     assert default_model_name(tmp_path / "my-model") == "my-model"
+
+
+def test_serve_config_reaches_the_engine(checkpoint_dir):
+    app = build_app(checkpoint_dir, ServeConfig(max_prefill_tokens=64, prefix_cache_mb=0))
+    try:
+        engine = app.state.trellis.engine
+        assert engine.max_prefill_tokens == 64
+        assert engine.prefix_cache is None
+    finally:
+        app.state.trellis.engine.shutdown()

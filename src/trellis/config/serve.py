@@ -1,5 +1,7 @@
 """`trellis serve`: an OpenAI-compatible HTTP server over the generation engine."""
 
+from pydantic import Field
+
 from trellis.config.base import Section
 
 
@@ -14,4 +16,8 @@ class ServeConfig(Section):
     max_tokens_limit: int = 1024
     max_request_bytes: int = 1_000_000
     request_timeout_s: float = 120.0
+    # prompt tokens computed per engine step (chunked prefill: running requests keep decoding between chunks)
+    max_prefill_tokens: int = Field(512, ge=1)
+    # memory for the keys/values of recent prompts, reused by prompts sharing a prefix (0: no prefix sharing)
+    prefix_cache_mb: float = Field(256.0, ge=0.0)
     device: str = "auto"

@@ -213,10 +213,10 @@ def choose_tokens(
     """
     import torch
 
-    greedy = torch.tensor([p.greedy for p in params], device=logits.device)
     tokens = logits.argmax(dim=-1)
-    if bool(greedy.all()):
+    if all(p.greedy for p in params):  # decided on the host: no device round trip per decode step
         return tokens
+    greedy = torch.tensor([p.greedy for p in params], device=logits.device)
     dev = logits.device
     temperature = torch.tensor([p.temperature for p in params], device=dev, dtype=torch.float32)
     top_k = torch.tensor([p.top_k for p in params], device=dev)

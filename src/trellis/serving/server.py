@@ -24,6 +24,7 @@ from trellis.config.serve import ServeConfig
 from trellis.errors import TrellisError
 from trellis.serving.engine import Completion, Engine, RequestHandle
 from trellis.serving.sampling import SamplingParams
+from trellis.serving.schema import ChatCompletionRequest, CompletionRequest, request_body
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -78,7 +79,20 @@ class Metrics:
             "# HELP trellis_running_requests Requests in the running batch.",
             "# TYPE trellis_running_requests gauge",
             f"trellis_running_requests {engine.num_running}",
+            "# HELP trellis_prefill_tokens_total Prompt tokens computed (not taken from the prefix cache).",
+            "# TYPE trellis_prefill_tokens_total counter",
+            f"trellis_prefill_tokens_total {engine.stats['prefill_tokens']}",
         ]
+        cache = engine.prefix_cache
+        if cache is not None:
+            lines += [
+                "# HELP trellis_prefix_cache_reused_tokens_total Prompt tokens served from the prefix cache.",
+                "# TYPE trellis_prefix_cache_reused_tokens_total counter",
+                f"trellis_prefix_cache_reused_tokens_total {cache.reused_tokens}",
+                "# HELP trellis_prefix_cache_bytes Memory held by the prefix cache.",
+                "# TYPE trellis_prefix_cache_bytes gauge",
+                f"trellis_prefix_cache_bytes {cache.bytes}",
+            ]
         lines += self.latency.render("trellis_request_latency_seconds", "Time from request to last token.")
         lines += self.ttft.render("trellis_time_to_first_token_seconds", "Time from request to first token.")
         return "\n".join(lines) + "\n"
@@ -235,7 +249,14 @@ def create_app(
     if default_temperature is None:
         default_temperature = _default_temperature(engine.model)
     state = _State(engine, tokenizer, model_name, cfg, default_temperature)
-    app = FastAPI(title="Trellis", docs_url=None, redoc_url=None, openapi_url=None)
+    # the schema is public like /health; the interactive docs pages would load scripts from a CDN
+    app = FastAPI(
+        title="Trellis",
+        summary="An OpenAI-compatible completion server",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
     app.state.trellis = state
 
     @app.exception_handler(APIError)
@@ -327,14 +348,14 @@ def create_app(
         check_auth(request)
         return PlainTextResponse(state.metrics.render(engine), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request):
         body = await read_body(request)
         prompts = _completion_prompts(body.get("prompt"), engine)
         req = _Request(body, prompts, state, chat=False)
         return await _respond(request, req, state, JSONResponse, StreamingResponse)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(request: Request):
         body = await read_body(request)
         messages = _messages(body.get("messages"))
@@ -426,6 +447,12 @@ async def _respond(request: Any, req: _Request, state: _State, json_response: An
         for h in handles:
             h.cancel()
         raise APIError(400, str(exc)) from None
+    except RuntimeError as exc:  # the engine is shut down: the server is on its way out
+        for h in handles:
+            h.cancel()
+        raise APIError(
+            503, f"the server is shutting down ({exc}); retry later", None, "unavailable", "server_error"
+        ) from None
     if req.stream:
         gen = _stream(req, state, handles, rid, started)
         state.metrics.count(path, 200)
@@ -672,7 +699,8 @@ def build_app(checkpoint_dir: str | Path, cfg: ServeConfig):
     check_bind(cfg)
     tokenizer = load_tokenizer(checkpoint_dir)
     model = load_causal_lm(checkpoint_dir, device=resolve_device(cfg.device))
-    engine = Engine(model, tokenizer, max_batch_size=cfg.max_batch_size)
+    engine = Engine(model, tokenizer, max_batch_size=cfg.max_batch_size, max_prefill_tokens=cfg.max_prefill_tokens,
+                    prefix_cache_mb=cfg.prefix_cache_mb)
     name = cfg.model_name or default_model_name(checkpoint_dir)
     return create_app(
         engine, tokenizer, name, cfg, default_temperature=read_default_temperature(checkpoint_dir)
@@ -687,7 +715,15 @@ def serve(checkpoint_dir: str | Path, cfg: ServeConfig) -> None:
     engine: Engine = app.state.trellis.engine
     print(f"trellis: serving {app.state.trellis.model_name} on http://{cfg.host}:{cfg.port}/v1", flush=True)
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+        # on SIGINT/SIGTERM uvicorn stops accepting connections and lets in-flight requests finish,
+        # for at most one request timeout; the engine keeps running until then
+        uvicorn.run(
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            log_level="warning",
+            timeout_graceful_shutdown=int(cfg.request_timeout_s) + 1,
+        )
     finally:
         engine.shutdown()
 

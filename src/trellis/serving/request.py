@@ -1,0 +1,214 @@
+"""One generation request as the engine sees it: its handle, its row state and its text bookkeeping.
+
+`Completion`, `StreamDelta` and `RequestHandle` are the public results (re-exported by `engine`); `Row` is
+the engine's per-request state, and the helpers below turn its generated ids into streamed text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from trellis.serving.sampling import SamplingParams
+
+
+@dataclass
+class Completion:
+    prompt_token_ids: list[int]
+    token_ids: list[int]  # includes the eos / stop token that ended the row, if any
+    text: str  # decoded without special tokens; cut before a matched stop string
+    finish_reason: str  # "stop" | "length" ("abort" only for a cancelled streaming request)
+    logprobs: list[float] | None = None  # raw model log-probability of each generated token
+    top_logprobs: list[dict[int, float]] | None = None  # per position, the `logprobs` most likely tokens
+    stop_reason: int | str | None = None  # the stop token id or stop string that matched, None for eos/length
+
+
+@dataclass
+class StreamDelta:
+    """What one decode step added to a streaming request; the last one carries `completion`."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None
+    finish_reason: str | None = None
+    completion: Completion | None = None
+
+
+class RequestHandle:
+    """A submitted request: iterate (sync or async) over its `StreamDelta`s, or wait for `result()`."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.request_id = request_id
+        self._loop = loop
+        self._sync_q: queue.Queue[StreamDelta] = queue.Queue()
+        self._async_q: asyncio.Queue[StreamDelta] | None = asyncio.Queue() if loop is not None else None
+        self._done = threading.Event()
+        self.completion: Completion | None = None
+        self.error: BaseException | None = None  # set when the engine loop failed on this request
+        self.cancelled = False
+        self.submitted_at = time.monotonic()
+        self.first_token_at: float | None = None
+
+    def cancel(self) -> None:
+        """Stop generating for this request; the engine drops it before its next step."""
+        self.cancelled = True
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _push(self, delta: StreamDelta) -> None:
+        if delta.completion is not None:
+            self.completion = delta.completion
+        if self._async_q is not None and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._async_q.put_nowait, delta)
+            except RuntimeError:  # the consumer's event loop is gone: nobody is listening
+                self.cancelled = True
+        else:
+            self._sync_q.put(delta)
+        if delta.completion is not None:
+            self._done.set()
+
+    def __iter__(self) -> Iterator[StreamDelta]:
+        if self._async_q is not None:
+            raise RuntimeError("this request was submitted from an event loop: use `async for`")
+        while True:
+            delta = self._sync_q.get()
+            yield delta
+            if delta.completion is not None:
+                return
+
+    async def __aiter__(self) -> AsyncIterator[StreamDelta]:
+        if self._async_q is None:
+            raise RuntimeError("this request was submitted outside an event loop: use `for`")
+        while True:
+            delta = await self._async_q.get()
+            yield delta
+            if delta.completion is not None:
+                return
+
+    def result(self, timeout: float | None = None) -> Completion:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"request {self.request_id} did not finish in {timeout} s")
+        if self.error is not None:
+            raise RuntimeError(f"generation failed: {self.error}") from self.error
+        assert self.completion is not None
+        return self.completion
+
+    async def aresult(self) -> Completion:
+        async for _ in self:
+            pass
+        if self.error is not None:
+            raise RuntimeError(f"generation failed: {self.error}") from self.error
+        assert self.completion is not None
+        return self.completion
+
+
+@dataclass(eq=False)  # rows are compared by identity: two requests may be alike field for field
+class Row:
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: Any  # torch.Generator
+    stop_ids: frozenset[int]
+    handle: RequestHandle | None = None
+    index: int = 0  # position in the caller's prompt list (generate)
+    # prefill progress: the first `prefilled` prompt tokens have their keys/values in `kv`
+    # (per layer a (key, value) pair of [1, heads, prefilled, head_dim]), from a prefix cache or earlier chunks
+    prefilled: int = 0
+    kv: list[tuple[Any, Any]] | None = None
+    reused: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    out_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    text: str = ""  # incrementally decoded output text
+    emitted: int = 0  # characters of `text` already streamed
+    prefix_offset: int = 0
+    read_offset: int = 0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    stop_at: int | None = None  # where a stop string starts in `text`
+    pending_ids: list[int] = field(default_factory=list)  # generated, not yet streamed
+    pending_lp: list[float] = field(default_factory=list)
+    pending_top: list[dict[int, float]] = field(default_factory=list)
+
+    @property
+    def needs_text(self) -> bool:
+        return self.handle is not None or bool(self.params.stop)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.handle is not None and self.handle.cancelled
+
+
+# ---- text --------------------------------------------------------------------------------------------
+def decode_step(tokenizer: Any, row: Row) -> None:
+    """Incremental detokenization (as in TGI/vLLM): re-decode a short window, append only settled text."""
+    ids = row.out_ids
+    prefix = tokenizer.decode(ids[row.prefix_offset : row.read_offset], skip_special_tokens=True)
+    full = tokenizer.decode(ids[row.prefix_offset :], skip_special_tokens=True)
+    if len(full) > len(prefix) and not full.endswith("\ufffd"):
+        row.text += full[len(prefix) :]
+        row.prefix_offset, row.read_offset = row.read_offset, len(ids)
+
+
+def find_stop(row: Row) -> bool:
+    longest = max(len(s) for s in row.params.stop)
+    start = max(0, len(row.text) - longest - 16)  # only the newest text can complete a match
+    best: tuple[int, str] | None = None
+    for s in row.params.stop:
+        at = row.text.find(s, start)
+        if at >= 0 and (best is None or at < best[0]):
+            best = (at, s)
+    if best is None:
+        return False
+    row.stop_at, row.stop_reason = best
+    return True
+
+
+def stream_safe_len(text: str, stops: list[str]) -> int:
+    """How much of `text` can be streamed: hold back a tail that could still grow into a stop string."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return len(text) - hold
+
+
+def take_delta(row: Row, text: str) -> StreamDelta:
+    """The tokens generated since the last delta, with `text`; clears the row's pending lists."""
+    d = StreamDelta(
+        token_ids=row.pending_ids,
+        text=text,
+        logprobs=row.pending_lp if row.params.logprobs is not None else None,
+        top_logprobs=row.pending_top if row.params.logprobs else None,
+    )
+    row.pending_ids, row.pending_lp, row.pending_top = [], [], []
+    return d
+
+
+def completion_of(tokenizer: Any, row: Row) -> Completion:
+    ids = row.out_ids
+    if row.stop_at is not None:
+        text = row.text[: row.stop_at]
+    else:
+        shown = ids[:-1] if ids and row.finish_reason == "stop" and ids[-1] in row.stop_ids else ids
+        text = tokenizer.decode(shown, skip_special_tokens=True)
+    lp = row.params.logprobs
+    return Completion(
+        prompt_token_ids=row.prompt_ids,
+        token_ids=list(ids),
+        text=text,
+        finish_reason=row.finish_reason or "length",
+        logprobs=list(row.logprobs) if lp is not None else None,
+        top_logprobs=list(row.top_logprobs) if lp else None,
+        stop_reason=row.stop_reason,
+    )
