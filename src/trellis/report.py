@@ -94,6 +94,10 @@ def write_report(run_root: Path, summary: dict[str, Any]) -> Path:
         table = _eval_table({k: v for k, v in summary["eval"].items() if k not in ("status", "wall_seconds")})
         if table:
             lines += ["## Evaluation", "", *table, ""]
+        # the eval stage's own report has the stage deltas (alignment tax) and its plots
+        links = [f"[{name}](eval/{name})" for name in ("report.md", "report.html") if (run_root / "eval" / name).exists()]
+        if links:
+            lines += ["Deltas between stages and plots: " + ", ".join(links), ""]
     plots = [p for p in (plot_stage(run_root, s) for s in summary.get("stages", [])) if p is not None]
     if plots:
         lines += ["## Curves", ""]

@@ -57,3 +57,39 @@ def test_eval_stage_rejects_unknown_task_and_bad_model(two_models, tmp_path):
         run(EvalConfig(models={"x": str(tmp_path / "missing")}), WorldConfig(), tmp_path / "r2")
     with pytest.raises(TrellisError, match="eval.models"):
         run(EvalConfig(), WorldConfig(), tmp_path / "r3")
+
+
+def test_eval_stage_calibrates_and_writes_temperature(two_models, tmp_path):
+    import shutil
+
+    from transformers import GenerationConfig
+
+    from trellis.eval.stage import run
+
+    model = tmp_path / "model"
+    shutil.copytree(two_models["a"], model)
+    config = EvalConfig(models={"a": str(model)}, tasks=["world_hellaswag", "world_mmlu", "world_truthfulqa_mc2"],
+                        limit=6, gold=False, perplexity={}, calibration=True, write_temperature=True)
+    out = run(config, WorldConfig(), tmp_path / "run")
+    calib = json.loads((out / "summary.json").read_text())["a"]["calibration"]
+    # mc2 has several true answers per question: no single gold to calibrate against
+    assert set(calib) == {"temperature", "fit_documents", "world_hellaswag", "world_mmlu", "all"}
+    assert calib["fit_documents"] + calib["all"]["n"] == 12 and 0 <= calib["all"]["ece"] <= 1
+    written = GenerationConfig.from_pretrained(model).temperature
+    assert written == pytest.approx(calib["temperature"], rel=1e-5)
+    with pytest.raises(ValueError, match="write_temperature"):
+        EvalConfig(write_temperature=True)
+
+
+def test_local_source_names_what_is_missing(two_models, tmp_path):
+    from eval_fixtures import write_task_files
+
+    from trellis.eval.stage import run
+
+    data = write_task_files(tmp_path / "data")
+    (data / "truthfulqa" / "mc_task.json").unlink()
+    config = EvalConfig(models={"a": two_models["a"]}, source="local", data_dir=str(data), gold=False, perplexity={})
+    with pytest.raises(TrellisError, match=r"unknown task 'truthfulqa_mc1'.*truthfulqa: no mc_task.json"):
+        run(config, WorldConfig(), tmp_path / "run")
+    with pytest.raises(TrellisError, match="eval.data_dir"):
+        run(config.model_copy(update={"data_dir": str(tmp_path / "none")}), WorldConfig(), tmp_path / "run2")

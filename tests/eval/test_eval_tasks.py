@@ -156,3 +156,56 @@ def test_world_data_prompts_match_official(tmp_path):
     doc = list(tqa.validation_docs())[0]
     assert tqa.doc_to_text(doc) == apply_template(ref["doc_to_text"], {"question": item["question"]})
     assert tqa.doc_to_choice(doc) == list(item["mc1_targets"]) and tqa.doc_to_target(doc) == 0
+
+
+def test_hub_source_runs_official_tasks_one_call_per_fewshot_count(monkeypatch):
+    """source: hub names lm-eval's own tasks (no mirrors); their YAML cannot be pinned, so each few-shot
+    count gets its own simple_evaluate call and the results are merged."""
+    import lm_eval
+    import lm_eval.tasks
+
+    from trellis.eval.tasks import run_lm_eval
+
+    calls = []
+
+    class FakeManager:
+        all_tasks = ["hellaswag", "mmlu", "truthfulqa_mc1"]
+
+        def __init__(self, include_path=None, include_defaults=True):
+            assert include_path is None and include_defaults
+
+    def fake_evaluate(model, tasks, task_manager, num_fewshot, **kwargs):
+        calls.append((tuple(tasks), num_fewshot))
+        return {"results": {t: {"acc,none": 0.5} for t in tasks}, "n-shot": {t: num_fewshot or 0 for t in tasks}}
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", FakeManager)
+    monkeypatch.setattr(lm_eval, "simple_evaluate", fake_evaluate)
+    out = run_lm_eval(None, ["hellaswag", "mmlu", "truthfulqa_mc1"], None, fewshot={"mmlu": 5})
+    assert calls == [(("hellaswag", "truthfulqa_mc1"), None), (("mmlu",), 5)]
+    assert set(out["results"]) == {"hellaswag", "mmlu", "truthfulqa_mc1"} and out["n-shot"]["mmlu"] == 5
+    with pytest.raises(TrellisError, match="unknown task 'arc'.*hellaswag"):
+        run_lm_eval(None, ["arc"], None)
+
+
+def test_source_switch_names_the_tasks():
+    from trellis.config import EvalConfig
+
+    assert EvalConfig().task_names()[0] == "world_hellaswag"
+    assert EvalConfig(source="hub").task_names() == ["hellaswag", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2"]
+    assert EvalConfig(source="local", data_dir="d", tasks=["mmlu"]).task_names() == ["mmlu"]
+    with pytest.raises(ValueError, match="data_dir"):
+        EvalConfig(source="local")
+    with pytest.raises(ValueError, match="subsample"):
+        EvalConfig(source="hub", subsample={"mmlu": 20})
+
+
+def test_subsample_keeps_the_first_documents(task_files, tmp_path):
+    from trellis.eval.tasks import read_jsonl
+
+    write_task_dir(TaskData.find(task_files), tmp_path, prefix="", subsample={"hellaswag": 2, "mmlu": 1, "truthfulqa": 1})
+    assert [r["ind"] for r in read_jsonl(tmp_path / "data" / "hellaswag.jsonl")] == [4, 7]
+    assert len(read_jsonl(tmp_path / "data" / "mmlu_otter_lore_test.jsonl")) == 1
+    assert len(read_jsonl(tmp_path / "data" / "mmlu_otter_lore_dev.jsonl")) == 2  # few-shot examples untouched
+    assert len(read_jsonl(tmp_path / "data" / "truthfulqa.jsonl")) == 1
+    with pytest.raises(TrellisError, match="unknown benchmark 'arc'"):
+        write_task_dir(TaskData.find(task_files), tmp_path, subsample={"arc": 1})

@@ -2,8 +2,8 @@
 
 Tokenisation and continuation scoring follow lm-eval's HFLM step by step (TemplateLM's context /
 continuation split, HFLM's tok_encode and left truncation), so per-item log-likelihoods equal HFLM's.
-Requests whose model input is identical (the A/B/C/D continuations of an MMLU question) share one row
-of the forward pass. Generation goes through the project's one engine, trellis.serving.engine.Engine.
+Scoring computes each shared prefix once (trellis.eval.prefix_scoring: a question's context for all its
+choices, a few-shot preamble for all its questions). Generation goes through the project's one engine, trellis.serving.engine.Engine.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any
 import lm_eval.api.model
 import lm_eval.api.registry
 import torch
-import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.models.utils import (
     _add_special_kwargs,
@@ -135,38 +134,23 @@ class TrellisLM(lm_eval.api.model.TemplateLM):
     def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
                               **kwargs: Any) -> list[tuple[float, bool]]:
         """(sum of continuation log-probs, continuation is the greedy decode) for each request."""
+        from trellis.eval.prefix_scoring import PrefixScorer
+
         max_len = self.max_length
-        inputs: dict[tuple[int, ...], list[int]] = {}  # model input -> indices of requests using it
+        token_requests = []
         for i, (_, ctx, cont) in enumerate(requests):
             if not ctx or not cont:
                 raise TrellisError(f"loglikelihood request {i}: empty context or continuation tokens")
             # as HFLM: keep the last max_length+1 tokens, the model sees all but the final one
-            inp = tuple((ctx + cont)[-(max_len + 1):][:-1])
-            inputs.setdefault(inp, []).append(i)
-        # longest first: a batch's first row fixes its padded width, and memory trouble shows at once
-        order = sorted(inputs, key=lambda t: (-len(t), t))
-        results: list[tuple[float, bool] | None] = [None] * len(requests)
+            token_requests.append(((ctx + cont)[-(max_len + 1):][:-1], cont))
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                width = len(batch[0])
-                ids = torch.zeros(len(batch), width, dtype=torch.long)
-                for row, inp in enumerate(batch):
-                    ids[row, :len(inp)] = torch.tensor(inp, dtype=torch.long)
-                # right padding needs no mask for a causal model: padded positions come after the scored ones
-                logits = self._model(ids.to(self.device)).logits
-                logprobs = F.log_softmax(logits.float(), dim=-1)
-                for row, inp in enumerate(batch):
-                    for i in inputs[inp]:
-                        cont = requests[i][2]
-                        picked = logprobs[row, len(inp) - len(cont):len(inp)]
-                        target = torch.tensor(cont, dtype=torch.long, device=picked.device)
-                        greedy = bool((picked.argmax(dim=-1) == target).all())
-                        results[i] = (float(picked.gather(1, target[:, None]).sum()), greedy)
-                        bar.update(1)
+            results = PrefixScorer(self._model, batch_size=self.batch_size).score(token_requests, progress=bar.update)
         bar.close()
-        return results  # type: ignore[return-value]
+        for (key, _, _), answer in zip(requests, results, strict=True):
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, answer)
+        return results
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         """Whole-document log-likelihood over disjoint windows of the model's length (as HFLM)."""

@@ -1,11 +1,12 @@
 """`trellis eval`: lm-eval task mirrors, held-out perplexity and gold scores for each model, compared.
 
 Writes `run_root/eval/`:
-    world_data/           World.write's files, the data of the world_* task mirrors
-    tasks/                the mirrors' YAML for lm-eval's TaskManager (and their data in lm-eval's schemas)
+    world_data/           World.write's files, the data of the world_* task mirrors (source: world)
+    tasks/                the mirrors' YAML for lm-eval's TaskManager (and their data in lm-eval's schemas);
+                          absent with source: hub, which runs lm-eval's official tasks
     results/<model>.json  lm-eval's results JSON, plus "perplexity", "gold" (with samples) and "timing"
     summary.json          {"<model>": {"<task>": {"<metric>": v}, "perplexity": {...}, "gold": {...}}}
-    report.md             rows task/metric, columns models
+    report.md, .html      rows task/metric, columns models and the deltas between stages; report_metrics.png
 A model whose results/<model>.json was written under the same config and checkpoint is not evaluated
 again when an interrupted stage is rerun.
 """
@@ -35,6 +36,12 @@ def _check_inputs(config: EvalConfig) -> None:
         if not name or "/" in name:
             raise TrellisError(f"eval.models: model name {name!r} must be non-empty and have no '/'")
         check_checkpoint_dir(path, need_tokenizer=True)
+    if config.reward_model:
+        check_checkpoint_dir(config.reward_model, need_tokenizer=True)
+    if config.red_team_hh and not Path(config.red_team_hh).is_file():
+        raise TrellisError(f"eval.red_team_hh: {config.red_team_hh} is not a file (an hh-rlhf jsonl[.gz])")
+    if config.source == "local" and not Path(str(config.data_dir)).is_dir():
+        raise TrellisError(f"eval.data_dir: {config.data_dir} is not a directory (the benchmark files of source 'local')")
     for name, source in config.perplexity.items():
         if source != WORLD_SET and not Path(source).is_file():
             raise TrellisError(f"eval.perplexity.{name}: {source} is not a text file (or 'world')")
@@ -75,7 +82,8 @@ def _scalars(entry: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate_model(name: str, checkpoint: str, config: EvalConfig, world_obj: Any, task_dir: Path | None,
-                   text_sets: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+                   text_sets: dict[str, Any], judge: tuple[Any, Any] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(summary entry, full results JSON) of one model."""
     from trellis.checkpoint import load_causal_lm, load_tokenizer
     from trellis.device import resolve_device
@@ -89,13 +97,21 @@ def evaluate_model(name: str, checkpoint: str, config: EvalConfig, world_obj: An
     timing: dict[str, float] = {}
     entry: dict[str, Any] = {}
     results: dict[str, Any] = {}
-    if config.tasks:
+    tasks = config.task_names()
+    if tasks:
         t0 = time.time()
         lm = TrellisLM(model=model, tokenizer=tokenizer, batch_size=config.batch_size,
                        max_gen_toks=config.max_new_tokens)
-        results = run_lm_eval(lm, config.tasks, task_dir, limit=config.limit, num_fewshot=config.num_fewshot)
-        results.pop("samples", None)
-        entry.update(metrics_table(results, config.tasks))
+        results = run_lm_eval(lm, tasks, task_dir, limit=config.limit, num_fewshot=config.num_fewshot,
+                              fewshot=config.fewshot, log_samples=config.calibration)
+        samples = results.pop("samples", None)
+        entry.update(metrics_table(results, tasks))
+        if config.calibration:
+            from trellis.eval.calibration import calibrate, calibration_items, write_temperature
+
+            entry["calibration"] = calibrate(calibration_items(results, samples or {}, tasks))
+            if config.write_temperature:
+                write_temperature(checkpoint, entry["calibration"]["temperature"])
         timing["tasks_seconds"] = time.time() - t0
         timing["tasks_requests"] = float(sum(v.get("effective", 0) for v in results.get("n-samples", {}).values()))
     if text_sets:
@@ -114,6 +130,14 @@ def evaluate_model(name: str, checkpoint: str, config: EvalConfig, world_obj: An
         entry["gold"] = {k: v for k, v in gold_full.items() if k != "samples"}
         timing["gold_seconds"] = time.time() - t0
         timing["gold_prompts_per_second"] = len(prompts) / max(timing["gold_seconds"], 1e-9)
+    if judge is not None:
+        from trellis.eval.alignment import alignment_eval
+
+        t0 = time.time()
+        red_team, results["alignment"] = alignment_eval(model, tokenizer, config, world_obj, judge)
+        if red_team:
+            entry["red_team"] = red_team
+        timing["alignment_seconds"] = time.time() - t0
     results["perplexity"] = entry.get("perplexity", {})
     results["gold"] = gold_full
     results["timing"] = {k: round(v, 3) for k, v in timing.items()}
@@ -124,7 +148,7 @@ def evaluate_model(name: str, checkpoint: str, config: EvalConfig, world_obj: An
 def run(config: EvalConfig, world: WorldConfig, run_root: Path) -> Path:
     from lm_eval.utils import handle_non_serializable
 
-    from trellis.eval.report import markdown_report
+    from trellis.eval.report import write_reports
     from trellis.eval.tasks import TaskData, check_task_names, write_task_dir
 
     _check_inputs(config)
@@ -132,25 +156,39 @@ def run(config: EvalConfig, world: WorldConfig, run_root: Path) -> Path:
     results_dir = run.dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
 
-    needs_world = bool(config.tasks) or config.gold or WORLD_SET in config.perplexity.values()
+    tasks = config.task_names()
+    world_tasks = bool(tasks) and config.source == "world"
+    needs_world = (world_tasks or config.gold or WORLD_SET in config.perplexity.values()
+                   or config.reward_model is not None)
     world_obj = None
     task_dir = None
     if needs_world:
         from trellis.data.world import World
 
         world_obj = World(world)
-    if config.tasks:
-        files = world_obj.write(run.dir / "world_data")
+    if tasks and config.source != "hub":
+        if world_tasks:
+            data, prefix = TaskData.from_world_files(world_obj.write(run.dir / "world_data")), "world"
+        else:
+            data, prefix = TaskData.find(str(config.data_dir)), ""
         task_dir = run.dir / "tasks"
-        available = write_task_dir(TaskData.from_world_files(files), task_dir, prefix="world",
-                                   fewshot=config.fewshot)
-        check_task_names(config.tasks, available)
+        available = write_task_dir(data, task_dir, prefix=prefix, fewshot=config.fewshot,
+                                   subsample=config.subsample)
+        found = "" if world_tasks else f"found under {config.data_dir}: {data.describe()}"
+        check_task_names(tasks, available, found=found)
         for task in config.fewshot:
             check_task_names([task], available, where="eval.fewshot")
     text_sets: dict[str, Any] = {}
     for name, source in config.perplexity.items():
         text_sets[name] = world_obj.corpus("val") if source == WORLD_SET else Path(source)
 
+    judge = None
+    if config.reward_model:
+        from trellis.checkpoint import load_reward_model, load_tokenizer
+        from trellis.device import resolve_device
+
+        judge = (load_reward_model(config.reward_model, device=resolve_device(config.device)).eval(),
+                 load_tokenizer(config.reward_model))
     summary: dict[str, Any] = {}
     bar = run.progress(total=len(config.models), desc="eval models")
     try:
@@ -161,7 +199,7 @@ def run(config: EvalConfig, world: WorldConfig, run_root: Path) -> Path:
             entry = _load_done(out, fingerprint)
             if entry is None:
                 t0 = time.time()
-                entry, results = evaluate_model(name, checkpoint, config, world_obj, task_dir, text_sets)
+                entry, results = evaluate_model(name, checkpoint, config, world_obj, task_dir, text_sets, judge)
                 results["trellis"] = {"model": name, "checkpoint": checkpoint, "fingerprint": fingerprint,
                                       "summary": entry, "seconds": round(time.time() - t0, 2)}
                 out.write_text(json.dumps(results, indent=2, default=handle_non_serializable))
@@ -174,6 +212,11 @@ def run(config: EvalConfig, world: WorldConfig, run_root: Path) -> Path:
     finally:
         bar.close()
         run.close()
-    (run.dir / "report.md").write_text(markdown_report(summary, title=f"Evaluation ({run_root.name})"))
+    if judge is not None:
+        from trellis.eval.alignment import win_rates
+
+        for name, rates in win_rates(results_dir, list(config.models)).items():
+            summary[name]["win_rate"] = rates
+    write_reports(summary, run.dir, title=f"Evaluation ({run_root.name})")
     run.write_summary(summary)
     return run.dir

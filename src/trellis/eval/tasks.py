@@ -21,6 +21,7 @@ from trellis.errors import TrellisError
 
 TEMPLATES = Path(__file__).parent / "tasks"
 MMLU_LETTERS = ("A", "B", "C", "D")
+BENCHMARKS = ("hellaswag", "mmlu", "truthfulqa")
 SKIP_KEYS = {"alias", "sample_len", "sample_count", "name"}
 
 
@@ -47,6 +48,13 @@ class TaskData:
             mmlu_test={_subject(p, "test"): p for p in sorted(root.rglob("*_test.csv"))},
             truthfulqa=truthfulqa[0] if truthfulqa else None,
         )
+
+    def describe(self) -> str:
+        """What was found, for error messages: which benchmark files exist and which are missing."""
+        subjects = sorted(set(self.mmlu_test) & set(self.mmlu_dev))
+        return "; ".join([f"hellaswag: {self.hellaswag or 'no *hellaswag*.jsonl'}",
+                          f"mmlu: {len(subjects)} subjects with <subject>_dev.csv and <subject>_test.csv",
+                          f"truthfulqa: {self.truthfulqa or 'no mc_task.json'}"])
 
     @classmethod
     def from_world_files(cls, files: dict[str, str | Path]) -> TaskData:
@@ -76,6 +84,18 @@ def read_mmlu_csv(path: Path) -> list[dict[str, Any]]:
                 raise TrellisError(f"{path}:{lineno}: expected question,A,B,C,D,answer(A-D), got {len(row)} columns")
             rows.append({"question": row[0], "subject": subject, "choices": row[1:5],
                          "answer": MMLU_LETTERS.index(row[5].strip())})
+    return rows
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise TrellisError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
     return rows
 
 
@@ -130,18 +150,33 @@ def _slug(subject: str) -> str:
     return re.sub(r"[^a-z0-9_]+", "_", subject.lower()).strip("_")
 
 
+def _task_name(prefix: str, base: str) -> str:
+    return f"{prefix}_{base}" if prefix else base
+
+
+def _first_rows(rows: list[dict[str, Any]], benchmark: str, subsample: dict[str, int]) -> list[dict[str, Any]]:
+    return rows[: subsample[benchmark]] if benchmark in subsample else rows
+
+
 def write_task_dir(data: TaskData, out_dir: str | Path, prefix: str = "world",
-                   fewshot: dict[str, int] | None = None) -> list[str]:
+                   fewshot: dict[str, int] | None = None, subsample: dict[str, int] | None = None) -> list[str]:
     """Write the mirrors' YAML (and their data in the official schemas) under `out_dir`, for
-    TaskManager(include_path=out_dir). Returns the task names written, e.g. world_hellaswag, world_mmlu.
+    TaskManager(include_path=out_dir). Returns the task names written: world_hellaswag, world_mmlu, ...
+    for prefix "world"; the official names (hellaswag, mmlu, truthfulqa_mc1, truthfulqa_mc2) for "".
 
     `fewshot` pins a task's num_fewshot in its YAML (e.g. {"world_mmlu": 5}); tasks not named keep the
     official default (0 for all four; truthfulqa ignores any request since its preamble is fixed).
+    `subsample` keeps the first N evaluated documents of a benchmark ("hellaswag", "mmlu": N per subject,
+    "truthfulqa"), written into the mirror's data so that any harness running the YAML sees the same set.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     official = official_tasks_dir()
     fewshot = fewshot or {}
+    subsample = subsample or {}
+    unknown = set(subsample) - set(BENCHMARKS)
+    if unknown:
+        raise TrellisError(f"eval.subsample: unknown benchmark {sorted(unknown)[0]!r} (known: {', '.join(BENCHMARKS)})")
     names: list[str] = []
 
     def pin(name: str, path: Path) -> None:
@@ -150,19 +185,24 @@ def write_task_dir(data: TaskData, out_dir: str | Path, prefix: str = "world",
                 fh.write(f"num_fewshot: {int(fewshot[name])}\n")
 
     if data.hellaswag is not None:
-        name = f"{prefix}_hellaswag"
+        name = _task_name(prefix, "hellaswag")
+        hellaswag = Path(data.hellaswag).resolve()
+        if "hellaswag" in subsample:
+            hellaswag = _write_jsonl(_first_rows(read_jsonl(hellaswag), "hellaswag", subsample),
+                                     out / "data" / f"{name}.jsonl")
         _render("hellaswag.yaml", out / f"{name}.yaml", include=official / "hellaswag" / "hellaswag.yaml", name=name,
-                hellaswag=Path(data.hellaswag).resolve())
+                hellaswag=hellaswag)
         pin(name, out / f"{name}.yaml")
         names.append(name)
 
     subjects = sorted(set(data.mmlu_test) & set(data.mmlu_dev))
     if subjects:
-        group = f"{prefix}_mmlu"
+        group = _task_name(prefix, "mmlu")
         subtasks = []
         for subject in subjects:
             name = f"{group}_{_slug(subject)}"
-            test = _write_jsonl(read_mmlu_csv(Path(data.mmlu_test[subject])), out / "data" / f"{name}_test.jsonl")
+            test = _write_jsonl(_first_rows(read_mmlu_csv(Path(data.mmlu_test[subject])), "mmlu", subsample),
+                                out / "data" / f"{name}_test.jsonl")
             dev = _write_jsonl(read_mmlu_csv(Path(data.mmlu_dev[subject])), out / "data" / f"{name}_dev.jsonl")
             _render("mmlu_subject.yaml", out / f"{name}.yaml",
                     include=official / "mmlu" / "default" / "_default_template_yaml", name=name,
@@ -173,9 +213,10 @@ def write_task_dir(data: TaskData, out_dir: str | Path, prefix: str = "world",
         names.append(group)
 
     if data.truthfulqa is not None:
-        rows = _write_jsonl(read_truthfulqa_mc(Path(data.truthfulqa)), out / "data" / f"{prefix}_truthfulqa.jsonl")
+        rows = _write_jsonl(_first_rows(read_truthfulqa_mc(Path(data.truthfulqa)), "truthfulqa", subsample),
+                            out / "data" / f"{_task_name(prefix, 'truthfulqa')}.jsonl")
         for variant in ("mc1", "mc2"):
-            name = f"{prefix}_truthfulqa_{variant}"
+            name = _task_name(prefix, f"truthfulqa_{variant}")
             _render(f"truthfulqa_{variant}.yaml", out / f"{name}.yaml",
                     include=official / "truthfulqa" / f"truthfulqa_{variant}.yaml", name=name,
                     truthfulqa=rows)
@@ -183,29 +224,56 @@ def write_task_dir(data: TaskData, out_dir: str | Path, prefix: str = "world",
     return names
 
 
-def check_task_names(requested: list[str], available: list[str], where: str = "eval.tasks") -> None:
-    """Fail naming the first unknown task and listing what is available."""
+def check_task_names(requested: list[str], available: list[str], where: str = "eval.tasks", found: str = "") -> None:
+    """Fail naming the first unknown task and listing what is available (and, given, which files were found)."""
     for name in requested:
         if name not in available:
-            raise TrellisError(f"{where}: unknown task {name!r} (available: {', '.join(available) or 'none'})")
+            raise TrellisError(f"{where}: unknown task {name!r} (available: {', '.join(available) or 'none'})"
+                               + (f"; {found}" if found else ""))
 
 
 # -- running -------------------------------------------------------------------------------------------
-def run_lm_eval(lm: Any, tasks: list[str], task_dir: str | Path, limit: int | float | None = None,
-                num_fewshot: int | None = None, seed: int = 1234, log_samples: bool = False) -> dict[str, Any]:
-    """lm_eval.simple_evaluate on the mirrors in `task_dir`; returns lm-eval's results dict."""
-    import lm_eval
+def run_lm_eval(lm: Any, tasks: list[str], task_dir: str | Path | None, limit: int | float | None = None,
+                num_fewshot: int | None = None, seed: int = 1234, log_samples: bool = False,
+                fewshot: dict[str, int] | None = None) -> dict[str, Any]:
+    """lm_eval.simple_evaluate on the mirrors in `task_dir`, or on lm-eval's official tasks (which read
+    the Hugging Face hub) when `task_dir` is None; returns lm-eval's results dict.
+
+    `fewshot` ({task: n}) is for the official tasks, whose YAML cannot be pinned: tasks are run in one
+    simple_evaluate call per few-shot count and the results merged. `num_fewshot` overrides it.
+    """
     from lm_eval.tasks import TaskManager
 
-    # the mirrors include official YAMLs by path, so the 9 s index of every official task is not needed
-    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    if task_dir is None:
+        manager = TaskManager()
+        check_task_names(tasks, sorted(set(manager.all_tasks)))
+    else:
+        # the mirrors include official YAMLs by path, so the 9 s index of every official task is not needed
+        manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    runs: dict[int | None, list[str]] = {}
+    for task in tasks:
+        n = num_fewshot if num_fewshot is not None or task_dir is not None else (fewshot or {}).get(task)
+        runs.setdefault(n, []).append(task)
+    merged: dict[str, Any] = {}
+    for n, names in runs.items():
+        results = _simple_evaluate(lm, names, manager, limit, n, seed, log_samples)
+        for key, value in results.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged.setdefault(key, value)
+    return merged
+
+
+def _simple_evaluate(lm: Any, tasks: list[str], manager: Any, limit: int | float | None, num_fewshot: int | None,
+                     seed: int, log_samples: bool) -> dict[str, Any]:
+    import lm_eval
+
     results = lm_eval.simple_evaluate(
         model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=num_fewshot,
         log_samples=log_samples, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
         fewshot_random_seed=seed, bootstrap_iters=0)
-    if results is None:  # simple_evaluate returns None on non-zero ranks
-        return {}
-    return results
+    return results or {}  # simple_evaluate returns None on non-zero ranks
 
 
 def evaluate_tasks(lm: Any, tasks: list[str], data: TaskData, work_dir: str | Path, prefix: str = "world",
