@@ -131,6 +131,6 @@ def test_shared_data_mirrors_send_the_official_requests(tmp_path):
     data = TaskData.find(SHARED)
     assert len(data.mmlu_test) == 57 and set(data.mmlu_dev) == set(data.mmlu_test)
     names = write_task_dir(data, tmp_path, prefix="", fewshot={"mmlu": 5}, subsample={"mmlu": MMLU_SUBSAMPLE})
-    assert names == ["hellaswag", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2"]
+    assert names == ["hellaswag", "mmlu", "mmlu_continuation", "truthfulqa_mc1", "truthfulqa_mc2"]
     compared = check_all(tmp_path, data, "", sorted(data.mmlu_test), mmlu_shots=5)
     assert compared == 4000 + 4 * 57 * MMLU_SUBSAMPLE + 4057 + 6045

@@ -5,7 +5,8 @@ import pytest
 from trellis.errors import TrellisError
 from trellis.eval.tasks import TaskData, evaluate_tasks, metrics_table, official_tasks_dir, write_task_dir
 
-WORLD_TASKS = ["world_hellaswag", "world_mmlu", "world_truthfulqa_mc1", "world_truthfulqa_mc2"]
+WORLD_TASKS = ["world_hellaswag", "world_mmlu", "world_mmlu_continuation", "world_truthfulqa_mc1",
+               "world_truthfulqa_mc2"]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,25 @@ def test_mmlu_prompts_match_official(task_dir):
     official = load_yaml(official_tasks_dir() / "mmlu" / "default" / "mmlu_high_school_geography.yaml")
     assert tasks["world_mmlu_high_school_geography"].config.description == official["description"]
     assert tasks["world_mmlu_high_school_geography"].config.doc_to_text == official["doc_to_text"]
+
+
+def test_mmlu_continuation_scores_the_option_text_as_the_official_variant(task_dir):
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    tasks = _leaves(_load(task_dir, "world_mmlu_continuation"))
+    assert set(tasks) == {"world_mmlu_otter_lore_continuation", "world_mmlu_high_school_geography_continuation"}
+    task = tasks["world_mmlu_otter_lore_continuation"]
+    doc = list(task.test_docs())[2]
+    # the same documents as the letter variant, pinned to its own few-shot count (none given here: 0)
+    assert task.fewshot_context(doc, num_fewshot=0) == (
+        "The following are questions (with answers) about otter lore.\n\n"
+        "Question: How many otters live in Eastwick?\nAnswer:")
+    assert task.doc_to_choice(doc) == ["One", "Two", "Three", "Four"] and task.doc_to_target(doc) == 2
+    official = load_yaml(official_tasks_dir() / "mmlu" / "continuation" / "mmlu_high_school_geography.yaml")
+    geography = tasks["world_mmlu_high_school_geography_continuation"]
+    assert geography.config.description == official["description"]
+    template = load_yaml(official_tasks_dir() / "mmlu" / "continuation" / "_continuation_template_yaml")
+    assert geography.config.doc_to_text == template["doc_to_text"]
 
 
 def test_truthfulqa_prompts_match_official(task_dir):

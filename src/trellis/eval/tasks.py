@@ -134,9 +134,10 @@ def official_tasks_dir() -> Path:
     return Path(lm_eval.tasks.__file__).parent
 
 
-def mmlu_description(subject: str) -> str:
-    # the rule of lm-eval's mmlu/_generate_configs.py
-    return f"The following are multiple choice questions (with answers) about {' '.join(subject.split('_'))}.\n\n"
+def mmlu_description(subject: str, continuation: bool = False) -> str:
+    # the rule of lm-eval's mmlu/_generate_configs.py; its continuation variant drops "multiple choice"
+    kind = "questions" if continuation else "multiple choice questions"
+    return f"The following are {kind} (with answers) about {' '.join(subject.split('_'))}.\n\n"
 
 
 def _render(template: str, out: Path, **values: Any) -> None:
@@ -211,6 +212,7 @@ def write_task_dir(data: TaskData, out_dir: str | Path, prefix: str = "world",
             subtasks.append(name)
         _render("mmlu_group.yaml", out / f"{group}.yaml", name=group, subtasks=subtasks)
         names.append(group)
+        names.append(_write_mmlu_continuation(out, group, subjects, official, pin))
 
     if data.truthfulqa is not None:
         rows = _write_jsonl(_first_rows(read_truthfulqa_mc(Path(data.truthfulqa)), "truthfulqa", subsample),
@@ -222,6 +224,25 @@ def write_task_dir(data: TaskData, out_dir: str | Path, prefix: str = "world",
                     truthfulqa=rows)
             names.append(name)
     return names
+
+
+def _write_mmlu_continuation(out: Path, group: str, subjects: list[str], official: Path, pin: Any) -> str:
+    """lm-eval's `mmlu_continuation` on the same documents as `group`: "Question: ..\nAnswer:" scored on
+    each option's text instead of its letter (the formulation small models are evaluated with, since
+    matching a recalled answer to its letter only emerges at scale). Returns the group's name."""
+    cont_group = f"{group}_continuation"
+    subtasks = []
+    for subject in subjects:
+        letter_task = f"{group}_{_slug(subject)}"
+        name = f"{letter_task}_continuation"
+        _render("mmlu_subject.yaml", out / f"{name}.yaml",
+                include=official / "mmlu" / "continuation" / "_continuation_template_yaml", name=name,
+                alias=subject.replace("_", " "), description=mmlu_description(subject, continuation=True),
+                test=out / "data" / f"{letter_task}_test.jsonl", dev=out / "data" / f"{letter_task}_dev.jsonl")
+        pin(cont_group, out / f"{name}.yaml")
+        subtasks.append(name)
+    _render("mmlu_group.yaml", out / f"{cont_group}.yaml", name=cont_group, subtasks=subtasks)
+    return cont_group
 
 
 def check_task_names(requested: list[str], available: list[str], where: str = "eval.tasks", found: str = "") -> None:
