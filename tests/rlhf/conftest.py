@@ -92,3 +92,4 @@ def ptx_text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("rlhf_ptx") / "ptx.txt"
     path.write_text(text)
     return path
+

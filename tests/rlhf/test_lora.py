@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from rlhf_helpers import run_killed_after_step
 
 from trellis.config import WorldConfig
 from trellis.config.rlhf import RLHFLoRA
@@ -50,17 +51,7 @@ def test_lora_stage_exports_a_merged_checkpoint_and_resumes(tmp_path, make_confi
     assert torch.equal(model.model.layers[0].self_attn.k_proj.weight, start.model.layers[0].self_attn.k_proj.weight)
     assert (tmp_path / "a" / "rlhf" / "checkpoints" / "step-0000002" / "policy" / "adapter_config.json").exists()
 
-    original = PPOTrainer.train_step
-
-    def killed_at_step_three(self):
-        if self.step == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self)
-
-    monkeypatch.setattr(PPOTrainer, "train_step", killed_at_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        stage.run(config, WorldConfig(), tmp_path / "b")
-    monkeypatch.setattr(PPOTrainer, "train_step", original)
+    run_killed_after_step(config, tmp_path / "b", monkeypatch, step=2)
     resumed = stage.run(config, WorldConfig(), tmp_path / "b")
     wa, wb = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)

@@ -2,11 +2,12 @@ import json
 
 import pytest
 import torch
+from rlhf_helpers import run_killed_after_step
 
 from trellis.config import RLHFConfig, WorldConfig
 from trellis.errors import TrellisError
 from trellis.rlhf import stage
-from trellis.rlhf.trainer import TIMING_KEYS, PPOTrainer
+from trellis.rlhf.trainer import TIMING_KEYS
 
 
 def tiny_config(tiny_dirs, prompt_file, **overrides) -> RLHFConfig:
@@ -55,18 +56,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, tiny_dirs, prompt_file, mo
     config = tiny_config(tiny_dirs, prompt_file, steps=4, save_every=2)
     straight = stage.run(config, WorldConfig(), tmp_path / "a")
 
-    original = PPOTrainer.train_step
-
-    def killed_at_step_three(self):
-        if self.step == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self)
-
-    monkeypatch.setattr(PPOTrainer, "train_step", killed_at_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        stage.run(config, WorldConfig(), tmp_path / "b")
+    run_killed_after_step(config, tmp_path / "b", monkeypatch, step=2)
     assert (tmp_path / "b" / "rlhf" / "checkpoints" / "step-0000002" / "trainer_state.pt").exists()
-    monkeypatch.setattr(PPOTrainer, "train_step", original)
     resumed = stage.run(config, WorldConfig(), tmp_path / "b")
 
     a = [json.loads(line) for line in (tmp_path / "a" / "rlhf" / "metrics.jsonl").read_text().splitlines()]

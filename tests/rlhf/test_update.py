@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from rlhf_helpers import run_killed_after_step
 
 from trellis.config import WorldConfig
 from trellis.rlhf import stage
@@ -71,17 +72,7 @@ def test_shared_critic_trains_saves_and_resumes(tmp_path, make_config, monkeypat
     state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
     assert state["value_head"]["weight"].abs().sum() > 0  # the zero-initialised head has learned
 
-    original = PPOTrainer.train_step
-
-    def killed_at_step_three(self):
-        if self.step == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return original(self)
-
-    monkeypatch.setattr(PPOTrainer, "train_step", killed_at_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        stage.run(config, WorldConfig(), tmp_path / "b")
-    monkeypatch.setattr(PPOTrainer, "train_step", original)
+    run_killed_after_step(config, tmp_path / "b", monkeypatch, step=2)
     stage.run(config, WorldConfig(), tmp_path / "b")
 
     def records(root):

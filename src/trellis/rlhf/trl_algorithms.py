@@ -18,7 +18,7 @@ from typing import Any
 
 from trellis.config import RLHFConfig
 from trellis.errors import TrellisError
-from trellis.run import StageRun, save_atomic
+from trellis.run import StageRun
 
 log = logging.getLogger("trellis.rlhf")
 FINAL_WINDOW = 5
@@ -114,7 +114,7 @@ def run_trl_algorithm(config: RLHFConfig, prompts: list[dict[str, Any]], world_o
     from trellis.data.chat_template import chat_stop_ids
     from trellis.device import resolve_device
     from trellis.rlhf.lora import merged_copy
-    from trellis.rlhf.stage import gold_eval_of
+    from trellis.rlhf.stage import gold_eval_of, save_final_policy
 
     run = StageRun(run_root, "rlhf", config)
     try:
@@ -159,13 +159,7 @@ def run_trl_algorithm(config: RLHFConfig, prompts: list[dict[str, Any]], world_o
 
         final_model = merged_copy(trainer.model)
         final_model.generation_config.eos_token_id = chat_stop_ids(tokenizer)
-
-        def write_final(tmp: Path) -> None:
-            final_model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            final_model.generation_config.save_pretrained(tmp)
-
-        save_atomic(run.final_dir, write_final)
+        save_final_policy(run, final_model, tokenizer)
         gold = gold_eval_of(final_model, tokenizer, world_obj, config)
         history = [dict(h) for h in run.read_metrics()]
         reward_initial, reward_final = _final_mean(history, "reward_mean")
