@@ -28,6 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench_serving import (
+    pct,  # a sibling script: `python benchmarks/bench_serving_load.py` puts it on the path
+)
+
 TOPICS = ["rainbows", "bread", "tides", "volcanoes", "bees", "the moon", "glaciers", "owls"]
 ASKS = [
     "In one sentence, what are {t}?",
@@ -41,14 +45,6 @@ PREAMBLE = (
 )
 
 
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    if not s:
-        return float("nan")
-    k = (len(s) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def build_distinct(n: int, seed: int) -> list[dict]:

@@ -71,16 +71,11 @@ def prompt_file(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def make_config(tiny_dirs, prompt_file):
-    """RLHFConfig for the tiny models: 3 quick steps on the prompt file, no gold evaluation."""
-    from trellis.config import RLHFConfig
+    """A factory: make(**overrides) -> RLHFConfig for the tiny models (rlhf_helpers.tiny_rlhf_config)."""
+    from rlhf_helpers import tiny_rlhf_config
 
-    def make(**overrides) -> RLHFConfig:
-        policy_dir, reward_dir = tiny_dirs
-        fields = dict(policy=str(policy_dir), reward_model=str(reward_dir), prompts=str(prompt_file), steps=3,
-                      rollout_batch_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=8, lr=1e-3,
-                      save_every=0, gold_eval=False, eval_initial=False, device="cpu", seed=1)
-        fields.update(overrides)
-        return RLHFConfig(**fields)
+    def make(**overrides):
+        return tiny_rlhf_config(tiny_dirs, prompt_file, **overrides)
 
     return make
 

@@ -3,20 +3,12 @@ import json
 import pytest
 import torch
 from rlhf_helpers import run_killed_after_step
+from rlhf_helpers import tiny_rlhf_config as tiny_config
 
 from trellis.config import RLHFConfig, WorldConfig
 from trellis.errors import TrellisError
 from trellis.rlhf import stage
 from trellis.rlhf.trainer import TIMING_KEYS
-
-
-def tiny_config(tiny_dirs, prompt_file, **overrides) -> RLHFConfig:
-    policy_dir, reward_dir = tiny_dirs
-    fields = dict(policy=str(policy_dir), reward_model=str(reward_dir), prompts=str(prompt_file), steps=3,
-                  rollout_batch_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=8, lr=1e-3,
-                  save_every=0, gold_eval=False, eval_initial=False, device="cpu", seed=1)
-    fields.update(overrides)
-    return RLHFConfig(**fields)
 
 
 def _comparable(records):
