@@ -112,6 +112,16 @@ class StageRun:
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.checkpoints_dir)
 
+    def save_final_model(self, model: Any, tokenizer: Any) -> Path:
+        """final/: a Hugging Face checkpoint with the tokenizer and generation config, written atomically."""
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            model.generation_config.save_pretrained(tmp)
+
+        return save_atomic(self.final_dir, write)
+
     def prune_checkpoints(self, keep_last: int) -> None:
         steps = sorted(p for p in self.checkpoints_dir.glob("step-*") if p.is_dir())
         for old in steps[:-keep_last] if keep_last > 0 else []:

@@ -18,7 +18,7 @@ from trellis.data.chat_template import chat_stop_ids
 from trellis.errors import TrellisError
 from trellis.reward.data import Pair, load_reward_pairs
 from trellis.reward.metrics import pairwise_metrics
-from trellis.run import StageRun, save_atomic
+from trellis.run import StageRun
 from trellis.sft.hf_trainer import (
     common_training_args,
     last_logged,
@@ -26,14 +26,7 @@ from trellis.sft.hf_trainer import (
     resume_point,
     without_stdout_printer,
 )
-from trellis.sft.lora import (
-    check_target_modules,
-    is_peft,
-    merged,
-    peft_lora_config,
-    save_adapter,
-    trainable_parameters,
-)
+from trellis.sft.lora import check_target_modules, export_trained, peft_lora_config
 from trellis.sft.stage import greedy_chat, prepare_tokenizer, world_gold
 
 
@@ -134,11 +127,7 @@ def run(config: DPOConfig, world: WorldConfig, run_root: Path) -> Path:
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         history = trainer.state.log_history
 
-        lora_info = None
-        if is_peft(trainer.model):
-            lora_info = trainable_parameters(trainer.model)
-            save_atomic(run.dir / "adapter", lambda tmp: save_adapter(trainer.model, tmp))
-        policy = merged(trainer.model)
+        policy, lora_info = export_trained(trainer.model, run)
         policy.generation_config.eos_token_id = eos
 
         heldout = None
@@ -149,12 +138,7 @@ def run(config: DPOConfig, world: WorldConfig, run_root: Path) -> Path:
                     heldout_margin=heldout["margin_mean"])
             del reference
 
-        def write(tmp: Path) -> None:
-            policy.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            policy.generation_config.save_pretrained(tmp)
-
-        final = save_atomic(run.final_dir, write)
+        final = run.save_final_model(policy, tokenizer)
         summary: dict[str, Any] = {
             **(heldout or {"accuracy": {}}),
             "train_loss_final": last_logged(history, "loss"),

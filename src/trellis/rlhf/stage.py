@@ -43,17 +43,6 @@ def gold_eval_of(model: Any, tokenizer: Any, world_obj: Any, config: RLHFConfig)
                      max_new_tokens=config.eval_max_new_tokens, batch_size=config.generation_batch_size)
 
 
-def save_final_policy(run: StageRun, model: Any, tokenizer: Any) -> None:
-    """final/: the policy with its tokenizer and generation config, written atomically."""
-
-    def write_final(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-
-    save_atomic(run.final_dir, write_final)
-
-
 def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
@@ -155,7 +144,7 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
         from trellis.rlhf.lora import merged_copy
 
         final_model = merged_copy(policy)  # LoRA: adapters folded in, a plain HF checkpoint
-        save_final_policy(run, final_model, tokenizer)
+        run.save_final_model(final_model, tokenizer)
         gold = gold_eval_of(final_model, tokenizer, world_obj, config)
 
         history = trainer.history

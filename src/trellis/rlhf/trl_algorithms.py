@@ -114,7 +114,7 @@ def run_trl_algorithm(config: RLHFConfig, prompts: list[dict[str, Any]], world_o
     from trellis.data.chat_template import chat_stop_ids
     from trellis.device import resolve_device
     from trellis.rlhf.lora import merged_copy
-    from trellis.rlhf.stage import gold_eval_of, save_final_policy
+    from trellis.rlhf.stage import gold_eval_of
 
     run = StageRun(run_root, "rlhf", config)
     try:
@@ -159,7 +159,7 @@ def run_trl_algorithm(config: RLHFConfig, prompts: list[dict[str, Any]], world_o
 
         final_model = merged_copy(trainer.model)
         final_model.generation_config.eos_token_id = chat_stop_ids(tokenizer)
-        save_final_policy(run, final_model, tokenizer)
+        run.save_final_model(final_model, tokenizer)
         gold = gold_eval_of(final_model, tokenizer, world_obj, config)
         history = [dict(h) for h in run.read_metrics()]
         reward_initial, reward_final = _final_mean(history, "reward_mean")

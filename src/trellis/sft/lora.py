@@ -47,3 +47,15 @@ def save_adapter(model: Any, out: Path) -> None:
 def merged(model: Any) -> Any:
     """The base model with the adapters folded into its weights (W + B A * alpha / r)."""
     return model.merge_and_unload() if is_peft(model) else model
+
+
+def export_trained(model: Any, run: Any) -> tuple[Any, dict[str, int | float] | None]:
+    """(the model to write as final/, LoRA's trainable-parameter counts or None): a LoRA model's adapter
+    is saved to run_dir/adapter/ and folded into the weights; a fully fine-tuned model passes through."""
+    from trellis.run import save_atomic
+
+    if not is_peft(model):
+        return model, None
+    info = trainable_parameters(model)
+    save_atomic(run.dir / "adapter", lambda tmp: save_adapter(model, tmp))
+    return merged(model), info

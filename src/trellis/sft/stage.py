@@ -20,7 +20,7 @@ from trellis.checkpoint import check_checkpoint_dir, load_causal_lm, load_tokeni
 from trellis.config import SFTConfig, WorldConfig
 from trellis.data.chat_template import CHATML_TEMPLATE, IM_END, IM_START, chat_stop_ids
 from trellis.errors import TrellisError
-from trellis.run import StageRun, save_atomic
+from trellis.run import StageRun
 from trellis.sft.data import load_sft_examples
 from trellis.sft.hf_trainer import (
     common_training_args,
@@ -29,14 +29,7 @@ from trellis.sft.hf_trainer import (
     resume_point,
     without_stdout_printer,
 )
-from trellis.sft.lora import (
-    check_target_modules,
-    is_peft,
-    merged,
-    peft_lora_config,
-    save_adapter,
-    trainable_parameters,
-)
+from trellis.sft.lora import check_target_modules, export_trained, peft_lora_config
 
 log = logging.getLogger(__name__)
 N_SAMPLE_GENERATIONS = 4
@@ -193,20 +186,10 @@ def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
             metrics = trainer.evaluate()  # the log callback records it
             eval_loss = float(metrics["eval_loss"])
 
-        lora_info = None
-        if is_peft(trainer.model):
-            lora_info = trainable_parameters(trainer.model)
-            save_atomic(run.dir / "adapter", lambda tmp: save_adapter(trainer.model, tmp))
         # final/ is a plain checkpoint: LoRA adapters are folded into the weights
-        model = merged(trainer.model)
+        model, lora_info = export_trained(trainer.model, run)
         model.generation_config.eos_token_id = eos
-
-        def write(tmp: Path) -> None:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            model.generation_config.save_pretrained(tmp)
-
-        final = save_atomic(run.final_dir, write)
+        final = run.save_final_model(model, tokenizer)
 
         summary: dict[str, Any] = {
             "train_loss_final": last_logged(history, "loss"),
