@@ -137,3 +137,35 @@ def test_graceful_shutdown_finishes_in_flight_requests(engine, tokenizer, live_s
     assert got["r"].json()["choices"][0]["text"] == want.text
     with pytest.raises(httpx.ConnectError):  # and no new connections after it
         httpx.get(server.url + "/health", timeout=2)
+
+
+def test_request_without_top_p_uses_the_checkpoint_top_p(checkpoint_dir, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from trellis.serving.server import read_default_top_p
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_dir, d)
+    assert read_default_top_p(d) == 1.0  # the fixture's generation_config sets none
+    gen = json.loads((d / "generation_config.json").read_text())
+    (d / "generation_config.json").write_text(json.dumps({**gen, "top_p": 0.9}))
+    assert read_default_top_p(d) == pytest.approx(0.9)
+    app = build_app(d, ServeConfig())
+    engine = app.state.trellis.engine
+    seen: list[SamplingParams] = []
+    real_submit = engine.submit
+
+    def spy(prompt, params=None, request_id=None):
+        seen.append(params)
+        return real_submit(prompt, params, request_id)
+
+    monkeypatch.setattr(engine, "submit", spy)
+    try:
+        with _client(app) as tc:
+            assert tc.post("/v1/completions", json={"prompt": "All:", "max_tokens": 2}).status_code == 200
+            body = {"prompt": "All:", "max_tokens": 2, "top_p": 0.5}
+            assert tc.post("/v1/completions", json=body).status_code == 200
+        assert [p.top_p for p in seen] == [pytest.approx(0.9), 0.5]
+    finally:
+        engine.shutdown()

@@ -203,7 +203,7 @@ class _Request:
         try:
             base = {
                 "temperature": float(temperature),
-                "top_p": float(_number(body, "top_p", 1.0, 0.0, 1.0)),
+                "top_p": float(_number(body, "top_p", app_state.default_top_p, 0.0, 1.0)),
                 "top_k": int(_integer(body, "top_k", 0, 0) or 0),
                 "min_p": float(_number(body, "min_p", 0.0, 0.0, 1.0)),
                 "max_tokens": int(max_tokens),
@@ -224,9 +224,11 @@ class _Request:
 
 
 class _State:
-    def __init__(self, engine: Engine, tokenizer: Any, model_name: str, cfg: ServeConfig, temperature: float):
+    def __init__(self, engine: Engine, tokenizer: Any, model_name: str, cfg: ServeConfig, temperature: float,
+                 top_p: float = 1.0):
         self.engine, self.tokenizer, self.model_name, self.cfg = engine, tokenizer, model_name, cfg
         self.default_temperature = temperature
+        self.default_top_p = top_p
         self.metrics = Metrics()
         self.created = int(time.time())
 
@@ -243,12 +245,16 @@ def create_app(
     model_name: str,
     cfg: ServeConfig | None = None,
     default_temperature: float | None = None,
+    default_top_p: float | None = None,
 ):
-    """The FastAPI app. The default temperature is the model's generation_config temperature, else 1.0."""
+    """The FastAPI app. A request's default temperature and top_p are the model's generation_config
+    values (a calibrated temperature; setup B's nucleus p = 0.9), else 1.0."""
     cfg = cfg or ServeConfig()
     if default_temperature is None:
         default_temperature = _default_temperature(engine.model)
-    state = _State(engine, tokenizer, model_name, cfg, default_temperature)
+    if default_top_p is None:
+        default_top_p = _top_p_or_1(getattr(getattr(engine.model, "generation_config", None), "top_p", None))
+    state = _State(engine, tokenizer, model_name, cfg, default_temperature, default_top_p)
     # the schema is public like /health; the interactive docs pages would load scripts from a CDN
     app = FastAPI(
         title="Trellis",
@@ -680,15 +686,30 @@ def check_bind(cfg: ServeConfig) -> None:
         )
 
 
-def read_default_temperature(checkpoint_dir: str | Path) -> float:
+def _top_p_or_1(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and 0 < value <= 1 else 1.0
+
+
+def _read_generation_config(checkpoint_dir: str | Path) -> dict[str, Any]:
     path = Path(checkpoint_dir) / "generation_config.json"
     if not path.exists():
-        return 1.0
+        return {}
     try:
-        value = json.loads(path.read_text()).get("temperature")
-    except (json.JSONDecodeError, AttributeError) as exc:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
         raise TrellisError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise TrellisError(f"{path}: not valid JSON (expected an object)")
+    return data
+
+
+def read_default_temperature(checkpoint_dir: str | Path) -> float:
+    value = _read_generation_config(checkpoint_dir).get("temperature")
     return float(value) if isinstance(value, (int, float)) and value >= 0 else 1.0
+
+
+def read_default_top_p(checkpoint_dir: str | Path) -> float:
+    return _top_p_or_1(_read_generation_config(checkpoint_dir).get("top_p"))
 
 
 def build_app(checkpoint_dir: str | Path, cfg: ServeConfig):
@@ -703,7 +724,8 @@ def build_app(checkpoint_dir: str | Path, cfg: ServeConfig):
                     prefix_cache_mb=cfg.prefix_cache_mb)
     name = cfg.model_name or default_model_name(checkpoint_dir)
     return create_app(
-        engine, tokenizer, name, cfg, default_temperature=read_default_temperature(checkpoint_dir)
+        engine, tokenizer, name, cfg, default_temperature=read_default_temperature(checkpoint_dir),
+        default_top_p=read_default_top_p(checkpoint_dir)
     )
 
 
