@@ -29,9 +29,8 @@ def _client(app):
     return TestClient(app)
 
 
-def test_request_without_temperature_samples_at_the_checkpoint_temperature(checkpoint_dir, monkeypatch):
-    app = build_app(checkpoint_dir, ServeConfig())  # generation_config.json says temperature 0.7
-    engine = app.state.trellis.engine
+def _record_submitted_params(engine, monkeypatch) -> list[SamplingParams]:
+    """The SamplingParams of every request the server submits to the engine, in order."""
     seen: list[SamplingParams] = []
     real_submit = engine.submit
 
@@ -40,6 +39,13 @@ def test_request_without_temperature_samples_at_the_checkpoint_temperature(check
         return real_submit(prompt, params, request_id)
 
     monkeypatch.setattr(engine, "submit", spy)
+    return seen
+
+
+def test_request_without_temperature_samples_at_the_checkpoint_temperature(checkpoint_dir, monkeypatch):
+    app = build_app(checkpoint_dir, ServeConfig())  # generation_config.json says temperature 0.7
+    engine = app.state.trellis.engine
+    seen = _record_submitted_params(engine, monkeypatch)
     try:
         with _client(app) as tc:
             assert tc.post("/v1/completions", json={"prompt": "All:", "max_tokens": 2}).status_code == 200
@@ -153,14 +159,7 @@ def test_request_without_top_p_uses_the_checkpoint_top_p(checkpoint_dir, tmp_pat
     assert read_default_top_p(d) == pytest.approx(0.9)
     app = build_app(d, ServeConfig())
     engine = app.state.trellis.engine
-    seen: list[SamplingParams] = []
-    real_submit = engine.submit
-
-    def spy(prompt, params=None, request_id=None):
-        seen.append(params)
-        return real_submit(prompt, params, request_id)
-
-    monkeypatch.setattr(engine, "submit", spy)
+    seen = _record_submitted_params(engine, monkeypatch)
     try:
         with _client(app) as tc:
             assert tc.post("/v1/completions", json={"prompt": "All:", "max_tokens": 2}).status_code == 200
