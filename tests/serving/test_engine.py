@@ -47,6 +47,37 @@ def test_greedy_matches_model_generate(model, tokenizer, max_batch_size):
         assert o.finish_reason == ("length" if len(o.token_ids) == n else "stop")
 
 
+def test_tokens_in_flight_cap_bounds_the_running_batch(model, tokenizer, monkeypatch):
+    from trellis.serving import scheduler as sched_mod
+
+    lengths = [24, 7, 15, 24, 10]
+    params = [SamplingParams(temperature=0, max_tokens=n) for n in lengths]
+    free = Engine(model, tokenizer, max_batch_size=16).generate(PROMPTS, params)
+    cap = 60  # about two rows' reservations: the five prompts must run in several waves
+    engine = Engine(model, tokenizer, max_batch_size=16, max_tokens_in_flight=cap)
+    peaks: list[tuple[int, int]] = []  # (rows admitted, tokens they reserve) at each step
+    original = sched_mod.Scheduler.prefill
+
+    def prefill(self):
+        peaks.append((len(self.rows), self.tokens_reserved()))
+        return original(self)
+
+    monkeypatch.setattr(sched_mod.Scheduler, "prefill", prefill)
+    capped = engine.generate(PROMPTS, params)
+    assert [o.token_ids for o in capped] == [o.token_ids for o in free]
+    assert max(n for n, _ in peaks) >= 2  # rows still batch together under the cap
+    assert all(n == 1 or reserved <= cap for n, reserved in peaks)
+    assert max(n for n, _ in peaks) < len(PROMPTS)
+
+
+def test_a_request_larger_than_the_tokens_cap_runs_alone(model, tokenizer):
+    engine = Engine(model, tokenizer, max_tokens_in_flight=8)
+    outs = engine.generate(PROMPTS[:2], SamplingParams(temperature=0, max_tokens=12))
+    assert [len(o.token_ids) for o in outs] and all(o.finish_reason for o in outs)
+    with pytest.raises(ValueError, match="max_tokens_in_flight"):
+        Engine(model, tokenizer, max_tokens_in_flight=0)
+
+
 def test_token_id_prompts_and_training_mode_restored(model, tokenizer):
     engine = Engine(model, tokenizer)
     ids = [tokenizer(p)["input_ids"] for p in PROMPTS[:2]]

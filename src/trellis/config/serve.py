@@ -20,4 +20,7 @@ class ServeConfig(Section):
     max_prefill_tokens: int = Field(512, ge=1)
     # memory for the keys/values of recent prompts, reused by prompts sharing a prefix (0: no prefix sharing)
     prefix_cache_mb: float = Field(256.0, ge=0.0)
+    # key/value positions the running requests may reserve (prompt + max_tokens each), bounding KV memory;
+    # null: only max_batch_size limits the running batch
+    max_tokens_in_flight: int | None = Field(None, ge=1)
     device: str = "auto"

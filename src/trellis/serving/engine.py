@@ -49,22 +49,29 @@ class Engine:
         add_special_tokens: bool = False,
         max_prefill_tokens: int = 512,
         prefix_cache_mb: float = 256.0,
+        max_tokens_in_flight: int | None = None,
     ) -> None:
         """`max_prefill_tokens`: prompt tokens computed per step (the chunked-prefill cap; 512 was the
         fastest chunk for SmolLM2 on the dev CPU). `prefix_cache_mb`: memory for the keys/values of recent
-        prompts, reused by prompts sharing a prefix with them (0 turns prefix sharing off)."""
+        prompts, reused by prompts sharing a prefix with them (0 turns prefix sharing off).
+        `max_tokens_in_flight`: cap on the key/value positions reserved by running requests (prompt +
+        max_tokens each), which bounds KV memory whatever the request mix; None leaves only
+        `max_batch_size`."""
         import torch
 
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: must be >= 1 (got {max_batch_size})")
         if max_prefill_tokens < 1:
             raise ValueError(f"max_prefill_tokens: must be >= 1 (got {max_prefill_tokens})")
+        if max_tokens_in_flight is not None and max_tokens_in_flight < 1:
+            raise ValueError(f"max_tokens_in_flight: must be >= 1 or None (got {max_tokens_in_flight})")
         if prefix_cache_mb < 0:
             raise ValueError(f"prefix_cache_mb: must be >= 0 (got {prefix_cache_mb})")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.max_prefill_tokens = max_prefill_tokens
+        self.max_tokens_in_flight = max_tokens_in_flight
         self.device = torch.device(device) if device is not None else _model_device(model)
         self.add_special_tokens = add_special_tokens
         self.eos_token_ids = _eos_ids(model, tokenizer)
@@ -180,7 +187,7 @@ class Engine:
         with _inference(self.model):
             sched = self._new_scheduler(call_scoped=True)
             while rows or not sched.idle:
-                while rows and sched.has_room():
+                while rows and sched.has_room(rows[0]):
                     sched.admit(rows.popleft())
                 sched.prefill()
                 for row in sched.batch.step():
@@ -259,7 +266,7 @@ class Engine:
                         for row in sched.rows:
                             self._finish_stream(row, "abort")
                         return
-                    while self._waiting and sched.has_room():
+                    while self._waiting and sched.has_room(self._waiting[0]):
                         row = self._waiting.popleft()
                         if row.cancelled:
                             self._finish_stream(row, "abort")

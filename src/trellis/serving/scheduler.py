@@ -21,6 +21,12 @@ from trellis.serving.prefix_cache import MIN_REUSE, PrefixCache, common_prefix
 from trellis.serving.request import Row
 
 
+def reserved_tokens(row: Row, max_context: int | None) -> int:
+    """The most key/value positions `row` can occupy: its prompt and every token it may generate."""
+    n = len(row.prompt_ids) + row.params.max_tokens
+    return min(n, max_context) if max_context else n
+
+
 class Scheduler:
     def __init__(self, engine: Any, prefix_cache: PrefixCache | None) -> None:
         self.e = engine
@@ -36,10 +42,22 @@ class Scheduler:
     def rows(self) -> list[Row]:
         return self.prefilling + self.batch.rows
 
-    def has_room(self) -> bool:
+    def has_room(self, row: Row) -> bool:
+        """Whether `row` may join now: under the batch-size cap and, with `max_tokens_in_flight`, its
+        reservation (prompt + max_tokens) fits beside those admitted. A row alone is always admitted, so
+        one request larger than the cap still runs (by itself) instead of waiting forever."""
+        if self.idle:
+            return True
+        cap = self.e.max_tokens_in_flight
+        if cap is not None and self.tokens_reserved() + reserved_tokens(row, self.e.max_context) > cap:
+            return False
         if not self.e.stackable:  # rows cannot join a running batch: a new group waits for an empty one
-            return self.idle or (not self.batch.rows and len(self.prefilling) < self.e.max_batch_size)
+            return not self.batch.rows and len(self.prefilling) < self.e.max_batch_size
         return len(self.batch.rows) + len(self.prefilling) < self.e.max_batch_size
+
+    def tokens_reserved(self) -> int:
+        """Key/value positions the admitted rows hold or may still grow to (prompt + max_tokens each)."""
+        return sum(reserved_tokens(r, self.e.max_context) for r in self.rows)
 
     def admit(self, row: Row) -> None:
         self.prefilling.append(row)
