@@ -70,8 +70,15 @@ def load_reward_model(path: str | Path, device: Any = "cpu", dtype: Any = None):
     """A reward model whose forward gives one scalar per sequence (logits [B, 1]).
 
     Single-head checkpoints load as they are; a multi-head checkpoint (one score output per axis) gets a
-    score layer that returns the combination its config names (trellis.reward.heads).
+    score layer that returns the combination its config names (trellis.reward.heads); a separate-models
+    checkpoint (one model per axis) loads as a RewardEnsemble giving that combination (trellis.reward.ensemble).
     """
+    from trellis.reward.ensemble import ensemble_spec, load_ensemble
     from trellis.reward.heads import attach_combined_head
 
-    return attach_combined_head(_load_model("AutoModelForSequenceClassification", path, device, dtype))
+    p = check_checkpoint_dir(path, need_tokenizer=False)
+    spec = ensemble_spec(p)
+    if spec is not None:
+        return load_ensemble(p, spec, lambda member: _load_model("AutoModelForSequenceClassification", member,
+                                                                 device, dtype))
+    return attach_combined_head(_load_model("AutoModelForSequenceClassification", p, device, dtype))

@@ -95,3 +95,22 @@ def test_margin_enters_the_loss(tiny_chat_checkpoint, easy_pairs, tmp_path, head
 
     # a fresh score head gives rewards near 0: loss ~ log 2 without a margin, ~ log(1 + e) with margin 1
     assert first_loss(0.0, tmp_path / "a") < 0.8 < 1.2 < first_loss(1.0, tmp_path / "b")
+
+
+@pytest.mark.parametrize("over_length", ["drop", "truncate"])
+def test_bad_pairs_are_counted_in_the_summary(tiny_chat_checkpoint, easy_pairs, tmp_path, over_length):
+    long_pair = {"prompt": "The quick brown fox jumps over the lazy dog. " * 20, "chosen": "Yes.", "rejected": "No.",
+                 "axis": "helpfulness"}
+    empty = {"prompt": "q", "chosen": "fine", "rejected": " ", "axis": "helpfulness"}
+    data = tmp_path / "bad.jsonl"
+    data.write_text(easy_pairs.read_text() + "".join(json.dumps(r) + "\n" for r in (long_pair, empty)))
+    config = _config(tiny_chat_checkpoint, data, max_steps=1, max_length=64, over_length=over_length,
+                     heldout_fraction=0.0)
+    reward_stage.run(config, WorldConfig(), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "reward" / "summary.json").read_text())
+    if over_length == "drop":
+        assert summary["dropped_pairs"] == {"identical": 1, "empty_response": 1, "over_max_length": 1}
+        assert summary["truncated_pairs"] == 0 and summary["train_pairs"] == 160
+    else:
+        assert summary["dropped_pairs"] == {"identical": 1, "empty_response": 1}
+        assert summary["truncated_pairs"] == 1 and summary["train_pairs"] == 161

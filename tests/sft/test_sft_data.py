@@ -80,6 +80,18 @@ def test_unknown_format_and_missing_assistant(tmp_path):
         load_sft_file(tmp_path / "missing.jsonl")
 
 
+def test_empty_answers_load_and_are_counted_when_dropped(tmp_path):
+    from trellis.sft.data import drop_empty_answers
+
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps([{"instruction": "Add.", "input": "2 and 3", "output": "5"},
+                             {"instruction": "Say nothing.", "output": "  "}]))
+    fmt, examples = load_sft_file(p)
+    assert fmt == "alpaca" and len(examples) == 2
+    kept, dropped = drop_empty_answers(examples)
+    assert dropped == 1 and kept == examples[:1]
+
+
 def test_world_examples_are_chat_messages():
     from trellis.config import WorldConfig
 

@@ -9,6 +9,7 @@ from trellis.config import SFTConfig, WorldConfig
 from trellis.errors import TrellisError
 from trellis.run import read_metrics
 from trellis.sft import stage as sft_stage
+from trellis.sft.samples import read_samples
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj", "down_proj"]}
 
@@ -35,8 +36,13 @@ def test_lora_merged_export_matches_adapter_model(tiny_chat_checkpoint, arith_fi
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = tmp_path / "run"
-    final = sft_stage.run(_config(tiny_chat_checkpoint, arith_file), WorldConfig(), root)
+    samples = {"every": 10, "prompts": ["What is 3 plus 4?"], "max_new_tokens": 8}
+    final = sft_stage.run(_config(tiny_chat_checkpoint, arith_file, samples=samples), WorldConfig(), root)
     summary = json.loads((root / "sft" / "summary.json").read_text())
+    # the LoRA model generates while it trains, through the same engine as a full model
+    records = read_samples(root / "sft")
+    assert [(r["step"], r["prompt"]) for r in records] == [(step, "What is 3 plus 4?") for step in (10, 20, 30)]
+    assert summary["samples"] == records[-1:]
     losses = [r["loss"] for r in read_metrics(root / "sft" / "metrics.jsonl") if "loss" in r]
     assert losses[-1] < 0.9 * losses[0]  # a random tiny model: LoRA alone moves it slowly
     assert 0 < summary["lora"]["fraction"] < 0.5

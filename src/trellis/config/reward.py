@@ -5,14 +5,18 @@ comparison pairs on three axes. `data` may also be one pair file or a list of so
 with the axis its pairs rate (hh-rlhf helpful-base -> helpfulness, harmless-base -> harmlessness).
 
 `heads` set: one score head per axis on one backbone; each pair trains its own axis's head, and
-`combine` turns the heads into the one scalar PPO maximises.
+`combine` turns the heads into the one scalar PPO maximises. With `separate_models` each axis instead gets
+a whole reward model of its own, trained on that axis's pairs alone, and `combine` joins their scores.
 """
 
+import re
 from typing import Literal
 
 from pydantic import model_validator
 
 from trellis.config.base import HFTrainerSection, Section
+
+_AXIS_DIR_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class PairSource(Section):
@@ -49,12 +53,17 @@ class RewardConfig(HFTrainerSection):
     # null: one head for every pair (the scalar PPO uses); a list of axes: one head each
     heads: list[str] | None = None
     combine: RewardCombination = RewardCombination()
+    # one reward model per axis in `heads` instead of one head each on a shared backbone (no interference
+    # between axes, at the cost of a backbone per axis); epochs and max_steps apply to each model
+    separate_models: bool = False
     # what happens to a pair longer than max_length: "drop" it, or "truncate" the prompt from the left
     over_length: Literal["drop", "truncate"] = "drop"
 
     @model_validator(mode="after")
     def _combination_names_heads(self) -> "RewardConfig":
         if self.heads is None:
+            if self.separate_models:
+                raise ValueError("separate_models: needs `heads`, the axes to train one model each for")
             return self
         if not self.heads or len(set(self.heads)) != len(self.heads):
             raise ValueError(f"heads: expected distinct axis names, got {self.heads}")
@@ -62,4 +71,9 @@ class RewardConfig(HFTrainerSection):
         unknown = sorted(named - set(self.heads))
         if unknown:
             raise ValueError(f"combine names {unknown}, which are not among heads {self.heads}")
+        # each separate model is saved in a subdirectory named after its axis
+        unsafe = [h for h in self.heads if not _AXIS_DIR_NAME.fullmatch(h)]
+        if self.separate_models and unsafe:
+            raise ValueError(f"heads: {unsafe} cannot name a directory (separate_models saves one model per "
+                             "axis under the axis's name: use letters, digits, '_' and '-')")
         return self

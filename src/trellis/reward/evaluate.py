@@ -19,14 +19,21 @@ def _metrics(chosen: list[float], rejected: list[float], rows: list[dict[str, An
 
 def evaluate_pairs(model: Any, rows: list[dict[str, Any]], pad_token_id: int, batch_size: int = 32,
                    spec: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Diagnostics of the reward the model gives each pair.
-
-    Single head (spec None): its one output. Multi-head (spec from trellis.reward.heads): every pair is
-    judged by its own axis's head, and `combined` holds the same diagnostics for the combined scalar PPO
-    optimises (does the combination still prefer the chosen answer on every axis?).
-    """
+    """Diagnostics of the reward the model gives each pair (see pair_diagnostics)."""
     chosen_all = score_token_ids(model, [r["chosen_ids"] for r in rows], pad_token_id, batch_size)
     rejected_all = score_token_ids(model, [r["rejected_ids"] for r in rows], pad_token_id, batch_size)
+    return pair_diagnostics(chosen_all, rejected_all, rows, spec)
+
+
+def pair_diagnostics(chosen_all: list[list[float]], rejected_all: list[list[float]], rows: list[dict[str, Any]],
+                     spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Diagnostics from every reward output of each pair's two answers ([pairs][outputs]).
+
+    Single head (spec None): its one output. Per-axis rewards (spec from trellis.reward.heads; the heads of
+    one model or the separate models of an ensemble): every pair is judged by its own axis's reward, and
+    `combined` holds the same diagnostics for the combined scalar PPO optimises (does the combination
+    still prefer the chosen answer on every axis?).
+    """
     if spec is None:
         return _metrics([c[0] for c in chosen_all], [r[0] for r in rejected_all], rows)
 

@@ -2,7 +2,9 @@
 
 A file is .json (an array, or JSON lines), .jsonl or .jsonl.gz, in one of three formats detected from its
 first record: chat `{"messages": [...]}`, Alpaca `{instruction, input?, output}` or
-`{prompt, completion}`. A record that does not fit fails naming the file and its line.
+`{prompt, completion}`. A record that does not fit fails naming the file and its line; a record whose
+answer is blank is well formed but teaches nothing, and the stage drops and counts it
+(`drop_empty_answers`).
 """
 
 from __future__ import annotations
@@ -92,9 +94,21 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
         if not isinstance(msg, dict) or not isinstance(msg.get("content"), str) or msg.get("role") not in ROLES:
             raise TrellisError(f"{where}: messages[{i}] must be {{role: one of {'/'.join(ROLES)}, content: str}}")
         out.append({"role": msg["role"], "content": msg["content"]})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
+    if not any(m["role"] == "assistant" for m in out):
         raise TrellisError(f"{where}: no assistant message to train on")
     return out
+
+
+def has_empty_answer(messages: list[dict[str, str]]) -> bool:
+    """The answer being taught, the last assistant message, is blank."""
+    return not next(m for m in reversed(messages) if m["role"] == "assistant")["content"].strip()
+
+
+def drop_empty_answers(examples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """(examples with an answer, how many were left out): an empty answer would teach the model to
+    stop at once."""
+    kept = [ex for ex in examples if not has_empty_answer(ex["messages"])]
+    return kept, len(examples) - len(kept)
 
 
 def _as_turns(value: Any, role: str, where: str, key: str) -> list[dict[str, str]]:

@@ -33,17 +33,22 @@ def checkpoint_step(path: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
-def make_log_callback(run: StageRun):
-    """A TrainerCallback that forwards every Trainer log (train and eval) to run.log."""
+def make_log_callback(run: StageRun, prefix: str = "", step_offset: int = 0):
+    """A TrainerCallback that forwards every Trainer log (train and eval) to run.log.
+
+    `prefix` and `step_offset` let several trainers share one stage's curve (the reward stage's
+    separate models: `helpfulness/loss` at steps 1..n, then `harmlessness/loss` at n+1..).
+    """
     from transformers import TrainerCallback
 
     class StageRunLogger(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - HF signature
             if not logs:
                 return
-            numeric = {k: v for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            numeric = {f"{prefix}{k}": v for k, v in logs.items()
+                       if isinstance(v, int | float) and not isinstance(v, bool)}
             if numeric:
-                run.log(int(state.global_step), **numeric)
+                run.log(step_offset + int(state.global_step), **numeric)
 
     return StageRunLogger()
 
@@ -54,8 +59,10 @@ def use_cpu(device: str) -> bool:
     return resolve_device(device).type == "cpu"
 
 
-def common_training_args(config: Any, run: StageRun, has_eval: bool) -> dict[str, Any]:
-    """TrainingArguments fields both stages share, from a stage config with the usual Trellis fields."""
+def common_training_args(config: Any, run: StageRun, has_eval: bool, output_dir: Path | None = None
+                         ) -> dict[str, Any]:
+    """TrainingArguments fields both stages share, from a stage config with the usual Trellis fields.
+    HF checkpoints go to `output_dir` (default: the stage's checkpoints/)."""
     import os
 
     import torch
@@ -67,7 +74,7 @@ def common_training_args(config: Any, run: StageRun, has_eval: bool) -> dict[str
     cpu = use_cpu(config.device)
     bf16 = (not cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return {
-        "output_dir": str(run.checkpoints_dir),
+        "output_dir": str(output_dir or run.checkpoints_dir),
         "num_train_epochs": config.epochs,
         "max_steps": config.max_steps,
         "per_device_train_batch_size": config.batch_size,
@@ -97,11 +104,11 @@ def common_training_args(config: Any, run: StageRun, has_eval: bool) -> dict[str
     }
 
 
-def resume_point(run: StageRun) -> Path | None:
-    """The checkpoint to resume from; metrics past it are dropped so the curve has no repeated steps."""
-    ckpt = latest_hf_checkpoint(run.checkpoints_dir)
-    if ckpt is not None:
-        run.truncate_metrics_after(checkpoint_step(ckpt))
+def resume_point(run: StageRun, checkpoints_dir: Path | None = None, step_offset: int = 0) -> Path | None:
+    """The checkpoint to resume from; metrics past it (all of a run killed before its first checkpoint)
+    are dropped so the curve has no repeated steps."""
+    ckpt = latest_hf_checkpoint(checkpoints_dir or run.checkpoints_dir)
+    run.truncate_metrics_after(step_offset + (checkpoint_step(ckpt) if ckpt is not None else 0))
     return ckpt
 
 

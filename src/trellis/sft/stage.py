@@ -7,6 +7,10 @@ the loss, so the model learns to stop.
 
 With `lora` set, peft LoRA adapters train instead of the full weights; the adapter alone is kept in
 `sft/adapter/` and final/ gets the merged weights, a plain checkpoint that loads without peft.
+
+While it trains, the stage logs the held-out eval loss every `eval_steps` and greedy answers to a few fixed
+held-out prompts every `samples.every` steps (trellis.sft.samples). Examples with an empty answer are
+dropped; examples over max_length are truncated or dropped (`over_length`); the summary counts both.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from trellis.config import SFTConfig, WorldConfig
 from trellis.data.chat_template import CHATML_TEMPLATE, IM_END, IM_START, chat_stop_ids
 from trellis.errors import TrellisError
 from trellis.run import StageRun
-from trellis.sft.data import load_sft_examples
+from trellis.sft.data import drop_empty_answers, load_sft_examples
 from trellis.sft.hf_trainer import (
+    checkpoint_step,
     common_training_args,
     last_logged,
     make_log_callback,
@@ -30,9 +35,9 @@ from trellis.sft.hf_trainer import (
     without_stdout_printer,
 )
 from trellis.sft.lora import check_target_modules, export_trained, peft_lora_config
+from trellis.sft.samples import make_sample_callback, sample_prompts, truncate_samples_after
 
 log = logging.getLogger(__name__)
-N_SAMPLE_GENERATIONS = 4
 
 
 def prepare_tokenizer(tokenizer: Any, where: Path) -> bool:
@@ -108,30 +113,26 @@ def world_gold(model: Any, tokenizer: Any, world_config: WorldConfig) -> dict[st
     return gold_eval(model, tokenizer, world, world.eval_prompts(), max_new_tokens=48)
 
 
-def _sample_prompts(data: str, world_config: WorldConfig, eval_examples: list[dict[str, Any]]) -> list[str]:
-    if data == "world":
-        try:
-            from trellis.data.world import World
-
-            return [p["prompt"] for p in World(world_config).eval_prompts()[:N_SAMPLE_GENERATIONS]]
-        except ImportError:
-            pass
-    prompts = []
-    for ex in eval_examples[:N_SAMPLE_GENERATIONS]:
-        users = [m["content"] for m in ex["messages"] if m["role"] == "user"]
-        if users:
-            prompts.append(users[0])
-    return prompts
+def is_over_length(tokenizer: Any, example: dict[str, Any], max_length: int) -> bool:
+    """The example's chat rendering exceeds max_length tokens (TRL would cut its end, answer included)."""
+    return len(tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True)["input_ids"]
+               ) > max_length
 
 
-def count_over_length(tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> int:
-    """Examples whose chat rendering exceeds max_length tokens (TRL cuts their end, answer included)."""
-    return sum(len(tokenizer.apply_chat_template(ex["messages"], tokenize=True, return_dict=True)["input_ids"])
-               > max_length for ex in examples)
+def apply_length_limit(config: SFTConfig, tokenizer: Any, examples: list[dict[str, Any]]
+                       ) -> tuple[list[dict[str, Any]], int]:
+    """(the examples to train on, how many exceed max_length): kept for TRL to truncate, or dropped."""
+    over = [is_over_length(tokenizer, ex, config.max_length) for ex in examples]
+    if config.over_length == "drop":
+        examples = [ex for ex, long in zip(examples, over, strict=True) if not long]
+        if not examples:
+            raise TrellisError(f"sft.max_length: every example is longer than {config.max_length} tokens "
+                               "(raise max_length, or set sft.over_length: truncate)")
+    return examples, sum(over)
 
 
 def make_trainer(config: SFTConfig, run: StageRun, model: Any, tokenizer: Any, train_ex: list[dict[str, Any]],
-                 eval_ex: list[dict[str, Any]], assistant_masks: bool):
+                 eval_ex: list[dict[str, Any]], assistant_masks: bool, callbacks: list[Any] | None = None):
     """The TRL SFTTrainer the stage trains with (tests inspect its datasets and collator)."""
     from datasets import Dataset
     from trl import SFTConfig as TRLSFTConfig
@@ -151,24 +152,43 @@ def make_trainer(config: SFTConfig, run: StageRun, model: Any, tokenizer: Any, t
         check_target_modules(model, config.lora, "sft")
         peft_config = peft_lora_config(config.lora)
     return without_stdout_printer(SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                                             processing_class=tokenizer, callbacks=[make_log_callback(run)],
+                                             processing_class=tokenizer,
+                                             callbacks=[make_log_callback(run), *(callbacks or [])],
                                              peft_config=peft_config))
+
+
+def load_examples(config: SFTConfig, world: WorldConfig) -> tuple[str, list[dict[str, Any]], int]:
+    """(source format, examples, how many had an empty answer and were dropped)."""
+    source, examples = load_sft_examples(config.data, world)
+    if config.max_examples is not None:
+        examples = examples[: config.max_examples]
+    examples, empty = drop_empty_answers(examples)
+    if not examples:
+        raise TrellisError(f"sft.data: {config.data} gave no examples"
+                           + (f" ({empty} with an empty answer were dropped)" if empty else ""))
+    return source, examples, empty
+
+
+def sample_callback(config: SFTConfig, run: StageRun, tokenizer: Any, world: WorldConfig,
+                    eval_ex: list[dict[str, Any]]) -> Any:
+    """The sample-generation callback, or None when `sft.samples` is off."""
+    if config.samples is None:
+        return None
+    prompts = sample_prompts(config.samples.prompts, config.data, world, eval_ex)
+    return make_sample_callback(run, tokenizer, prompts, config.samples.every, config.samples.max_new_tokens)
 
 
 def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
     if config.model is None:
         raise TrellisError("sft.model: no input checkpoint (set sft.model or run the pretrain stage first)")
     model_dir = check_checkpoint_dir(config.model, need_tokenizer=True)
-    source, examples = load_sft_examples(config.data, world)
-    if config.max_examples is not None:
-        examples = examples[: config.max_examples]
-    if not examples:
-        raise TrellisError(f"sft.data: {config.data} gave no examples")
+    source, examples, empty_answers = load_examples(config, world)
 
     run = StageRun(run_root, "sft", config)
     try:
         tokenizer = load_tokenizer(model_dir)
         assistant_masks = prepare_tokenizer(tokenizer, model_dir)
+        examples, over_length = apply_length_limit(config, tokenizer, examples)
         model = load_causal_lm(model_dir)
         eos = chat_stop_ids(tokenizer)
         model.generation_config.eos_token_id = eos
@@ -176,9 +196,12 @@ def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
         model.config.pad_token_id = tokenizer.pad_token_id
 
         train_ex, eval_ex = split_examples(examples, config.eval_fraction, config.seed)
-        trainer = make_trainer(config, run, model, tokenizer, train_ex, eval_ex, assistant_masks)
+        samples = sample_callback(config, run, tokenizer, world, eval_ex)
+        trainer = make_trainer(config, run, model, tokenizer, train_ex, eval_ex, assistant_masks,
+                               callbacks=[samples] if samples is not None else None)
         eval_ds = trainer.eval_dataset
         resume = resume_point(run)
+        truncate_samples_after(run, checkpoint_step(resume) if resume else 0)
         output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         history = trainer.state.log_history
         eval_loss = None
@@ -191,6 +214,8 @@ def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
         model.generation_config.eos_token_id = eos
         final = run.save_final_model(model, tokenizer)
 
+        dropped = {"empty_answer": empty_answers,
+                   "over_max_length": over_length if config.over_length == "drop" else 0}
         summary: dict[str, Any] = {
             "train_loss_final": last_logged(history, "loss"),
             "train_loss_mean": float(output.training_loss),
@@ -201,7 +226,8 @@ def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
             "eval_examples": len(eval_ex),
             "data_format": source,
             "loss_on": "assistant_tokens" if assistant_masks else "last_completion",
-            "truncated_examples": count_over_length(tokenizer, train_ex + eval_ex, config.max_length),
+            "dropped_examples": {k: v for k, v in dropped.items() if v},
+            "truncated_examples": over_length if config.over_length == "truncate" else 0,
             "resumed_from": str(resume) if resume else None,
             "train_runtime_s": output.metrics.get("train_runtime"),
             "train_steps_per_second": output.metrics.get("train_steps_per_second"),
@@ -213,7 +239,8 @@ def run(config: SFTConfig, world: WorldConfig, run_root: Path) -> Path:
                 summary["gold_score"] = gold["gold_score"]
                 summary["gold"] = {k: v for k, v in gold.items() if k != "samples"}
                 summary["gold_samples"] = gold.get("samples", [])
-        summary["samples"] = greedy_chat(model, tokenizer, _sample_prompts(config.data, world, eval_ex))
+        if samples is not None:
+            summary["samples"] = samples.latest
         run.write_summary(summary)
         return final
     finally:
