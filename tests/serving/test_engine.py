@@ -247,3 +247,120 @@ def test_a_failing_step_fails_its_requests_and_the_loop_survives(model, tokenize
         assert len(ok.token_ids) == 3
     finally:
         engine.shutdown()
+
+
+def test_greedy_fast_path_matches_the_general_path(model, tokenizer, monkeypatch):
+    # a greedy row alone takes the argmax fast path; beside a sampled row it goes through the general one
+    from trellis.serving import sampling
+
+    draws = {"n": 0}
+    real_draw = sampling.sample_from_logits
+
+    def counted_draw(logits, u):
+        draws["n"] += 1
+        return real_draw(logits, u)
+
+    monkeypatch.setattr(sampling, "sample_from_logits", counted_draw)
+    engine = Engine(model, tokenizer)
+    greedy = SamplingParams(temperature=0, max_tokens=12, logprobs=2, ignore_eos=True)
+    hot = SamplingParams(temperature=1.0, top_k=5, max_tokens=12, seed=3, ignore_eos=True)
+    alone = engine.generate([PROMPTS[0]], greedy)[0]
+    assert draws["n"] == 0
+    mixed = engine.generate([PROMPTS[0], PROMPTS[2]], [greedy, hot])[0]
+    assert draws["n"] > 0
+    assert mixed.token_ids == alone.token_ids
+    assert mixed.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+    assert [list(d) for d in mixed.top_logprobs] == [list(d) for d in alone.top_logprobs]
+
+
+def test_rows_asking_different_logprobs_share_a_batch(model, tokenizer):
+    engine = Engine(model, tokenizer)
+    params = [
+        SamplingParams(temperature=0, max_tokens=6, logprobs=k, ignore_eos=True) for k in (None, 0, 1, 4)
+    ]
+    outs = engine.generate(PROMPTS[:4], params)
+    for o, sp in zip(outs, params, strict=True):
+        solo = engine.generate([o.prompt_token_ids], sp)[0]
+        assert o.token_ids == solo.token_ids
+        if sp.logprobs is None:
+            assert o.logprobs is None and o.top_logprobs is None
+            continue
+        assert o.logprobs == pytest.approx(solo.logprobs, abs=1e-4)
+        if sp.logprobs == 0:
+            assert o.top_logprobs is None
+        else:
+            assert all(len(d) == sp.logprobs for d in o.top_logprobs)
+            assert [list(d) for d in o.top_logprobs] == [list(d) for d in solo.top_logprobs]
+            assert all(max(d, key=d.get) == t for d, t in zip(o.top_logprobs, o.token_ids, strict=True))
+
+
+def test_a_decode_step_copies_to_the_host_once(model, tokenizer, monkeypatch):
+    # per-row `.item()`/`.tolist()` calls each wait for the device: a step makes one copy, whatever the rows ask
+    from trellis.serving.scheduler import Scheduler
+
+    engine = Engine(model, tokenizer)
+    params = [
+        SamplingParams(temperature=0, max_tokens=20, ignore_eos=True),
+        SamplingParams(temperature=0, max_tokens=20, logprobs=3, frequency_penalty=0.5, ignore_eos=True),
+        SamplingParams(temperature=0.8, top_p=0.9, max_tokens=20, logprobs=0, seed=1, ignore_eos=True),
+    ]
+    copies = {"n": 0}
+
+    def counted(real):
+        def method(self, *args, **kwargs):
+            copies["n"] += 1
+            return real(self, *args, **kwargs)
+
+        return method
+
+    with torch.inference_mode():
+        sched = Scheduler(engine, None)
+        for i, (p, sp) in enumerate(zip(PROMPTS, params, strict=False)):
+            sched.admit(engine._make_row(engine.encode(p), sp, i))
+        sched.prefill()
+        monkeypatch.setattr(torch.Tensor, "tolist", counted(torch.Tensor.tolist))
+        monkeypatch.setattr(torch.Tensor, "item", counted(torch.Tensor.item))
+        for _ in range(5):
+            before = copies["n"]
+            sched.batch.step()
+            assert copies["n"] - before == 1
+    assert all(len(r.out_ids) == 6 for r in sched.batch.rows)
+
+
+def test_generation_stops_at_the_model_context(model, tokenizer):
+    engine = Engine(model, tokenizer)
+    assert engine.max_context == 256
+    prompt = (tokenizer(PROMPTS[2] * 20, add_special_tokens=False)["input_ids"] * 4)[:250]
+    o = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True))[0]
+    assert len(o.token_ids) == 6 and o.finish_reason == "length"
+
+
+def test_deltas_for_one_event_loop_go_in_one_wake_up():
+    import threading
+
+    from trellis.serving.request import RequestHandle, StreamDelta, push_deltas
+
+    async def consume():
+        loop = asyncio.get_running_loop()
+        wakeups = {"n": 0}
+        real = loop.call_soon_threadsafe
+
+        def counted(*args):
+            wakeups["n"] += 1
+            return real(*args)
+
+        loop.call_soon_threadsafe = counted
+        handles = [RequestHandle(f"r{i}", loop) for i in range(3)]
+        sync_handle = RequestHandle("sync", None)
+        step = [(h, StreamDelta([i], str(i))) for i, h in enumerate([*handles, sync_handle])]
+        # the engine's thread pushes one step's deltas for every request at once
+        t = threading.Thread(target=push_deltas, args=(step,))
+        t.start()
+        t.join()
+        got = [await asyncio.wait_for(h._async_q.get(), 5) for h in handles]
+        return wakeups["n"], got, sync_handle._sync_q.get_nowait()
+
+    wakeups, got, sync_delta = asyncio.run(consume())
+    assert wakeups == 1
+    assert [d.token_ids for d in got] == [[0], [1], [2]]
+    assert sync_delta.token_ids == [3]

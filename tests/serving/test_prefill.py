@@ -205,3 +205,51 @@ def test_models_whose_cache_rows_cannot_be_stacked_use_padded_groups(model, toke
     assert forward_log.shapes[0] == (2, max(lengths[:2]))
     for p, o in zip(prompts, outs, strict=True):
         assert o.token_ids == _hf_greedy(model, tokenizer, p, 6, engine.eos_token_ids)
+
+
+def test_decode_masks_are_one_growing_buffer_and_absent_without_padding(model, tokenizer):
+    masks = []
+
+    def note(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] == 1:  # decode steps
+            masks.append(kwargs["attention_mask"])
+
+    hook = model.register_forward_pre_hook(note, with_kwargs=True)
+    try:
+        engine = Engine(model, tokenizer)
+        assert engine.prebuilt_decode_mask  # the tiny Llama runs sdpa over plain layers
+        engine.generate([PROMPTS[0]], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+        assert len(masks) == 4 and all(m is None for m in masks)  # one row: nothing to mask
+        masks.clear()
+        prompts = PROMPTS[:3]
+        engine.generate(prompts, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+    finally:
+        hook.remove()
+    assert len(masks) == 4
+    assert all(m.dtype == torch.bool and m.shape[1:3] == (1, 1) for m in masks)
+    # a view into one buffer that widens by a column a step, not a new tensor per step
+    assert len({m.untyped_storage().data_ptr() for m in masks}) == 1
+    assert [m.shape[-1] for m in masks] == [masks[0].shape[-1] + i for i in range(4)]
+    lengths = _lengths(tokenizer, prompts)
+    first = masks[0][:, 0, 0]
+    for row, n in zip(first, lengths, strict=True):  # left padding, then the prompt and one generated token
+        assert row.tolist() == [False] * (max(lengths) - n) + [True] * (n + 1)
+
+
+def test_pad_mask_grows_past_its_spare_columns_selects_and_trims():
+    from trellis.serving.kv import SLAB_SPARE, PadMask
+
+    def expected(pads, width):
+        return [[False] * p + [True] * (width - p) for p in pads]
+
+    mask = PadMask([3, 0, 5], 6, "cpu")
+    assert mask.padded and mask.tensor.tolist() == expected([3, 0, 5], 6)
+    for _ in range(SLAB_SPARE + 3):  # past the buffer's spare columns: it is rebuilt, same pattern
+        mask.grow(1)
+    width = 6 + SLAB_SPARE + 3
+    assert mask.tensor.tolist() == expected([3, 0, 5], width)
+    mask.select([0, 2], torch.tensor([0, 2]))
+    assert mask.trim() == 3 and mask.pads == [0, 2] and mask.width == width - 3
+    assert mask.tensor.tolist() == expected([0, 2], width - 3)
+    mask.select([0], torch.tensor([0]))
+    assert mask.trim() == 0 and not mask.padded

@@ -147,3 +147,35 @@ def test_invalid_params_name_the_field(field, value):
 
 def test_stop_accepts_a_single_string():
     assert SamplingParams(stop="\n").stop == ["\n"]
+
+
+def test_batch_sampling_builds_settings_once_and_flags_the_steps_rows_need():
+    from trellis.serving.sampling import BatchSampling
+
+    greedy = SamplingParams(temperature=0)
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    fast = BatchSampling.of([greedy, greedy], gens[:2], "cpu")
+    assert fast.all_greedy and fast.temperature is None and fast.repetition is None
+    assert not fast.want_logprobs
+    assert torch.equal(fast.choose(logits[:2]), logits[:2].argmax(-1))
+
+    params = [greedy, SamplingParams(top_k=2, logprobs=3), SamplingParams(top_p=0.5, logprobs=0)]
+    general = BatchSampling.of(params, gens, "cpu")
+    assert not general.all_greedy and general.any_top_k and general.any_top_p and not general.any_min_p
+    assert general.want_logprobs and general.max_top_logprobs == 3 and general.repetition is None
+    tokens = general.choose(logits)
+    assert tokens[0] == logits[0].argmax()  # a greedy row in the general path is still the argmax
+    assert tokens[1] in logits[1].topk(2).indices
+    penalized = BatchSampling.of([SamplingParams(frequency_penalty=1.0)], gens[:1], "cpu")
+    assert penalized.frequency is not None and penalized.frequency.tolist() == [1.0]
+
+
+def test_greedy_tokens_pick_the_first_of_tied_maxima_like_argmax():
+    from trellis.serving.sampling import greedy_tokens
+
+    logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
+    logits[1, [7, 300, 999]] = 50.0  # a three-way tie: the first index wins
+    logits[2] = 0.0  # all equal
+    assert greedy_tokens(logits).tolist() == logits.argmax(-1).tolist()
+    assert greedy_tokens(logits)[1] == 7 and greedy_tokens(logits)[2] == 0

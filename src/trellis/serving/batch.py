@@ -1,17 +1,22 @@
 """The running batch: rows that have their prompt's keys/values and decode one token per step together.
 
-Rows share one left-padded cache (a slab, see `kv`), a `[B, width]` mask and each row's next position
-id. Prefilled rows join between steps (`join`), finished or cancelled rows leave (`_keep`), and columns
-that became padding for every remaining row are trimmed away.
+Rows share one left-padded cache (a slab, see `kv`), a `[B, width]` mask (`kv.PadMask`) and each row's next
+position id. Prefilled rows join between steps (`join`), finished or cancelled rows leave (`_keep`), and
+columns that became padding for every remaining row are trimmed away.
+
+A decode step is one forward and, per row, some list appends: everything that only changes when rows join
+or leave (the mask, the sampling settings as tensors, the penalty state) is built then, not per step, and
+the chosen tokens (with any logprobs) come to the host in one transfer. On a GPU, where a small model's
+forward takes milliseconds, this host work would otherwise set the pace.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from trellis.serving.kv import RowKV, join_rows, new_cache, trim_left
+from trellis.serving.kv import PadMask, RowKV, join_rows, new_cache, trim_left
 from trellis.serving.request import Row, decode_step, find_stop
-from trellis.serving.sampling import apply_penalties, choose_tokens
+from trellis.serving.sampling import BatchSampling, apply_penalties
 
 
 class RunningBatch:
@@ -19,11 +24,12 @@ class RunningBatch:
         self.e = engine
         self.rows: list[Row] = []
         self.cache: Any = None
-        self.mask: Any = None  # [B, L] long, 1 where the cache column is a real token of that row
+        self.mask: PadMask | None = None
         self.pos: Any = None  # [B] position id of the token each row feeds next
         self.last: Any = None  # [B] the token each row feeds next
         self.counts: Any = None  # [B, V] output token counts, only while some row uses penalties
         self.prompt_mask: Any = None  # [B, V] bool, only with penalties
+        self.sampling: BatchSampling | None = None  # of all rows; rebuilt after rows join or leave
         self.trimmable = True  # false for caches whose layers must keep every column (sliding windows)
 
     # -- membership --
@@ -38,7 +44,7 @@ class RunningBatch:
         self.cache, self.mask = join_rows(self.cache, self.mask, kvs)
         next_pos = torch.tensor([len(r.prompt_ids) for r in new], dtype=torch.long, device=dev)
         self._append(new, next_pos)
-        self._accept(logits, range(len(self.rows) - len(new), len(self.rows)))
+        self._accept(logits, len(self.rows) - len(new), len(self.rows))
 
     def start_padded(self, new: list[Row]) -> None:
         """Prefill `new` as one left-padded group into an empty batch: the path for caches whose rows
@@ -51,23 +57,22 @@ class RunningBatch:
         lengths = [len(r.prompt_ids) for r in new]
         width = max(lengths)
         ids = torch.full((len(new), width), e.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(new), width), dtype=torch.long)
         for i, r in enumerate(new):
             ids[i, width - lengths[i] :] = torch.tensor(r.prompt_ids)
-            mask[i, width - lengths[i] :] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        self.mask = PadMask([width - n for n in lengths], width, dev)
+        mask = self.mask.tensor
         pos = (mask.cumsum(-1) - 1).clamp_(min=0)
         self.cache = new_cache(e.model)
         self.trimmable = False
-        logits = self._forward(ids, mask, pos, prefill=True)
-        self.mask = mask
+        logits = self._forward(ids.to(dev), mask, pos, prefill=True)
         self._append(new, torch.tensor(lengths, dtype=torch.long, device=dev))
-        self._accept(logits, range(len(new)))
+        self._accept(logits, 0, len(new))
 
     def _append(self, new: list[Row], next_pos: Any) -> None:
         import torch
 
         dev = self.e.device
+        self.sampling = None
         counts = prompt_mask = None
         if self.counts is not None or any(r.params.uses_penalties for r in new):
             if self.counts is None and self.rows:
@@ -108,21 +113,23 @@ class RunningBatch:
         if len(keep) == len(self.rows):
             return
         self.rows = [self.rows[i] for i in keep]
+        self.sampling = None
         if not keep:
             self.cache = self.mask = self.pos = self.last = self.counts = self.prompt_mask = None
             return
+        assert self.mask is not None
         idx = torch.tensor(keep, dtype=torch.long, device=self.e.device)
         self.cache.batch_select_indices(idx)
-        self.mask, self.pos, self.last = self.mask[idx], self.pos[idx], self.last[idx]
+        self.mask.select(keep, idx)
+        self.pos, self.last = self.pos[idx], self.last[idx]
         if self.counts is not None:
             self.counts, self.prompt_mask = self.counts[idx], self.prompt_mask[idx]
         if not self.trimmable:
             return
         # columns that are padding for every remaining row cost attention for nothing
-        lead = int((self.mask.cumsum(-1) == 0).sum(-1).min().item())
+        lead = self.mask.trim()
         if lead > 0:
             trim_left(self.cache, lead)
-            self.mask = self.mask[:, lead:]
 
     # -- decoding --
     def step(self) -> list[Row]:
@@ -130,18 +137,27 @@ class RunningBatch:
 
         Returns the rows that finished (already removed from the batch).
         """
-        import torch
-
         finished = self.retire()
         if not self.rows:
             return finished
-        mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
+        assert self.mask is not None
+        self.mask.grow(1)
+        mask = self._decode_mask()
         logits = self._forward(self.last[:, None], mask, self.pos[:, None], prefill=False)
-        self.mask = mask
-        self.pos = self.pos + 1
-        self._accept(logits, range(len(self.rows)))
+        self.pos += 1
+        self._accept(logits, 0, len(self.rows))
         finished += self.retire()
         return finished
+
+    def _decode_mask(self) -> Any:
+        """The attention mask of a decode step: None when no row is padded (always so for one row), so the
+        model needs none; else the 2D mask, or the 4D one transformers would build from it (see engine)."""
+        assert self.mask is not None
+        if not self.mask.padded:
+            return None
+        if self.e.prebuilt_decode_mask and self.trimmable:
+            return self.mask.tensor[:, None, None, :]
+        return self.mask.tensor
 
     def retire(self) -> list[Row]:
         gone = [r for r in self.rows if r.finish_reason is not None]
@@ -162,52 +178,103 @@ class RunningBatch:
         out = self.e.model(**kwargs)
         return out.logits[:, -1, :].float()
 
-    def _accept(self, logits: Any, idx: range) -> None:
-        """Choose the next token for rows `idx` (whose logits are `logits`, in order) and check their stops."""
+    def _sampling_of(self, start: int, stop: int) -> BatchSampling:
+        rows = self.rows[start:stop]
+        return BatchSampling.of([r.params for r in rows], [r.generator for r in rows], self.e.device)
+
+    def _accept(self, logits: Any, start: int, stop: int) -> None:
+        """Choose the next token for rows `start:stop` (whose logits are `logits`, in order), then record it."""
         import torch
 
-        e = self.e
-        rows = [self.rows[i] for i in idx]
-        logits = logits[:, : e.vocab_size] if logits.shape[-1] > e.vocab_size else logits
-        want_lp = any(r.params.logprobs is not None for r in rows)
-        raw_lp = logits.log_softmax(dim=-1) if want_lp else None
-        if self.counts is not None:
-            sl = slice(idx.start, idx.stop)
-            dev = logits.device
+        whole = start == 0 and stop == len(self.rows)
+        if whole:
+            if self.sampling is None:
+                self.sampling = self._sampling_of(start, stop)
+            s = self.sampling
+        else:  # rows joining a running batch: their first token
+            s = self._sampling_of(start, stop)
+        vocab = self.e.vocab_size
+        raw = logits[:, :vocab] if logits.shape[-1] > vocab else logits
+        logits = raw
+        if s.repetition is not None:  # some of these rows use penalties (so the counts exist)
             logits = apply_penalties(
-                logits,
-                self.counts[sl],
-                self.prompt_mask[sl],
-                torch.tensor([r.params.repetition_penalty for r in rows], device=dev),
-                torch.tensor([r.params.presence_penalty for r in rows], device=dev),
-                torch.tensor([r.params.frequency_penalty for r in rows], device=dev),
+                raw,
+                self.counts[start:stop],
+                self.prompt_mask[start:stop],
+                s.repetition,
+                s.presence,
+                s.frequency,
             )
-        tokens = choose_tokens(logits, [r.params for r in rows], [r.generator for r in rows])
-        self.last[idx.start : idx.stop] = tokens
+        tokens = s.choose(logits)
+        if whole:
+            self.last = tokens
+        else:
+            self.last[start:stop] = tokens
         if self.counts is not None:
-            self.counts[torch.arange(idx.start, idx.stop, device=tokens.device), tokens] += 1
-        chosen_lp = raw_lp.gather(-1, tokens[:, None]).squeeze(-1).tolist() if raw_lp is not None else None
-        tok_list = tokens.tolist()
-        for j, (row, tok) in enumerate(zip(rows, tok_list, strict=True)):
+            self.counts[torch.arange(start, stop, device=tokens.device), tokens] += 1
+        self._record(self.rows[start:stop], *_to_host(tokens, raw, s))
+
+    def _record(
+        self,
+        rows: list[Row],
+        tokens: list[int],
+        logprobs: list[float] | None,
+        tops: list[dict[int, float] | None] | None,
+    ) -> None:
+        """Append each row's token (and logprobs), advance its text if anyone reads it, and check its stops."""
+        e = self.e
+        e.stats["generated_tokens"] += len(rows)
+        for j, (row, tok) in enumerate(zip(rows, tokens, strict=True)):
             row.out_ids.append(tok)
-            row.pending_ids.append(tok)
-            e.stats["generated_tokens"] += 1
-            if row.params.logprobs is not None and raw_lp is not None and chosen_lp is not None:
-                row.logprobs.append(chosen_lp[j])
-                row.pending_lp.append(chosen_lp[j])
-                if row.params.logprobs > 0:
-                    top = raw_lp[j].topk(row.params.logprobs)
-                    entry = dict(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+            streaming = row.handle is not None
+            if streaming:
+                row.pending_ids.append(tok)
+            if row.params.logprobs is not None and logprobs is not None:
+                row.logprobs.append(logprobs[j])
+                if streaming:
+                    row.pending_lp.append(logprobs[j])
+                entry = tops[j] if tops is not None else None
+                if entry is not None:
                     row.top_logprobs.append(entry)
-                    row.pending_top.append(entry)
-            if row.needs_text:
+                    if streaming:
+                        row.pending_top.append(entry)
+            # the text: streamed, or searched for stop strings; `generate` without stop strings needs none
+            if streaming or row.params.stop:
                 decode_step(e.tokenizer, row)
             if tok in row.stop_ids:
                 row.finish_reason = "stop"
                 row.stop_reason = tok if tok in row.params.stop_token_ids else None
             elif row.params.stop and find_stop(row):
                 row.finish_reason = "stop"
-            elif len(row.out_ids) >= row.params.max_tokens or (
-                e.max_context is not None and len(row.prompt_ids) + len(row.out_ids) >= e.max_context
-            ):
+            elif len(row.out_ids) >= row.max_out:
                 row.finish_reason = "length"
+
+
+def _to_host(
+    tokens: Any, raw_logits: Any, s: BatchSampling
+) -> tuple[list[int], list[float] | None, list[dict[int, float] | None] | None]:
+    """The chosen tokens and, when rows ask for logprobs, each token's raw log-probability and each row's
+    `logprobs` most likely alternatives (None for rows that want none), copied to the host in one transfer:
+    every `.tolist()` of a GPU tensor waits for the GPU."""
+    import torch
+
+    if not s.want_logprobs:
+        return tokens.tolist(), None, None
+    raw_lp = raw_logits.log_softmax(dim=-1)
+    k = s.max_top_logprobs
+    cols = [tokens[:, None].double(), raw_lp.gather(-1, tokens[:, None]).double()]
+    if k > 0:  # one topk for the largest k: each row's own k most likely are its first k
+        top = raw_lp.topk(k, dim=-1)
+        cols += [top.values.double(), top.indices.double()]
+    table = torch.cat(cols, dim=1).tolist()
+    ids = [int(r[0]) for r in table]
+    lps = [r[1] for r in table]
+    if k == 0:
+        return ids, lps, None
+    tops: list[dict[int, float] | None] = []
+    for r, p in zip(table, s.params, strict=True):
+        n = p.logprobs or 0
+        tops.append(
+            {int(i): v for i, v in zip(r[2 + k : 2 + k + n], r[2 : 2 + n], strict=True)} if n else None
+        )
+    return ids, lps, tops

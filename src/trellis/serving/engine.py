@@ -29,6 +29,7 @@ from trellis.serving.request import (
     Row,
     StreamDelta,
     completion_of,
+    push_deltas,
     stream_safe_len,
     take_delta,
 )
@@ -84,6 +85,9 @@ class Engine:
 
         # rows can be prefilled apart and stacked into the running batch only over plain cache layers
         self.stackable = plain_layers(model)
+        # decode steps hand such a model the `[B, 1, 1, width]` bool mask that transformers' mask builder
+        # would make from the 2D one (for sdpa over full-attention layers), skipping that work every step
+        self.prebuilt_decode_mask = self.stackable and _attn_implementation(model) == "sdpa"
         self._packing: bool | None = None  # whether the model honours packed masks; checked on first use
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         # background loop state (submit/stream path)
@@ -142,7 +146,10 @@ class Engine:
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids |= self.eos_token_ids
-        return Row(list(prompt_ids), params, gen, frozenset(stop_ids), index=index)
+        max_out = params.max_tokens
+        if self.max_context is not None:  # a prompt at or past the context still gets its one token
+            max_out = min(max_out, self.max_context - len(prompt_ids))
+        return Row(list(prompt_ids), params, gen, frozenset(stop_ids), index=index, max_out=max_out)
 
     def _completion(self, row: Row) -> Completion:
         self.stats["requests_finished"] += 1
@@ -278,21 +285,26 @@ class Engine:
                 for row in [r for r in sched.rows if r.cancelled]:
                     sched.drop(row)
                     self._finish_stream(row, "abort")
+                deltas: list[tuple[RequestHandle, StreamDelta]] = []
                 for row in sched.prefill():
                     if row.finish_reason is None:
-                        self._emit(row)
+                        self._emit(row, deltas)
+                push_deltas(deltas)  # before the decode step: first tokens go out without waiting for it
+                deltas = []
                 finished = sched.batch.step()
                 for row in sched.batch.rows:
-                    self._emit(row)
+                    self._emit(row, deltas)
                 for row in finished:
-                    self._finish_stream(row, row.finish_reason or "stop")
+                    self._final_delta(row, row.finish_reason or "stop", deltas)
+                push_deltas(deltas)
                 self.num_running = len(sched.rows)
         except Exception as exc:  # noqa: BLE001 - fail the requests in flight, keep the loop alive
             self._fail(sched.rows, exc)
         finally:
             self.num_running = 0
 
-    def _emit(self, row: Row) -> None:
+    def _emit(self, row: Row, out: list[tuple[RequestHandle, StreamDelta]]) -> None:
+        """Add the row's new tokens and settled text, if any, to `out`."""
         assert row.handle is not None
         if not row.pending_ids:
             return
@@ -301,9 +313,15 @@ class Engine:
         safe = stream_safe_len(row.text, row.params.stop)
         delta = row.text[row.emitted : safe] if safe > row.emitted else ""
         row.emitted = max(row.emitted, safe)
-        row.handle._push(take_delta(row, delta))
+        out.append((row.handle, take_delta(row, delta)))
 
     def _finish_stream(self, row: Row, reason: str) -> None:
+        out: list[tuple[RequestHandle, StreamDelta]] = []
+        self._final_delta(row, reason, out)
+        push_deltas(out)
+
+    def _final_delta(self, row: Row, reason: str, out: list[tuple[RequestHandle, StreamDelta]]) -> None:
+        """Add the row's last delta (the rest of its tokens and text, and its completion) to `out`."""
         if row.handle is None:
             return
         if reason == "abort":
@@ -314,7 +332,7 @@ class Engine:
         rest = comp.text[row.emitted :] if comp.text.startswith(row.text[: row.emitted]) else ""
         d = take_delta(row, rest)
         d.finish_reason, d.completion = comp.finish_reason, comp
-        row.handle._push(d)
+        out.append((row.handle, d))
 
     def _abort_waiting(self) -> None:
         while self._waiting:
@@ -375,6 +393,10 @@ def _max_context(model: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def _attn_implementation(model: Any) -> str | None:
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
 
 
 def _vocab_size(model: Any) -> int:

@@ -85,15 +85,60 @@ def layer_kv(cache: Any) -> RowKV:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def join_rows(cache: Any, mask: Any, rows: list[RowKV]) -> tuple[Any, Any]:
+class PadMask:
+    """The running batch's `[B, width]` bool attention mask: row b's first `pads[b]` columns are padding.
+
+    Rows are only ever left-padded, so `pads` (kept on the host) says everything: trimming and the "no row
+    is padded" check need no device round trip. The tensor is a view into a buffer whose spare columns are
+    already True, so a decode step widens the view instead of building a new mask.
+    """
+
+    def __init__(self, pads: list[int], width: int, device: Any) -> None:
+        self.pads, self.width, self.device = list(pads), width, device
+        self.padded = max(self.pads, default=0) > 0
+        self._fill()
+
+    def _fill(self) -> None:
+        import torch
+
+        cols = torch.arange(self.width + SLAB_SPARE, device=self.device)
+        self.buf = cols[None, :] >= torch.tensor(self.pads, dtype=torch.long, device=self.device)[:, None]
+        self.start = 0
+
+    @property
+    def tensor(self) -> Any:
+        return self.buf[:, self.start : self.start + self.width]
+
+    def grow(self, n: int = 1) -> None:
+        """`n` more columns of real tokens for every row (a decode step)."""
+        self.width += n
+        if self.start + self.width > self.buf.shape[1]:
+            self._fill()
+
+    def select(self, keep: list[int], index: Any) -> None:
+        """Keep the rows `keep` (`index`: the same as a tensor on the mask's device)."""
+        self.pads = [self.pads[i] for i in keep]
+        self.padded = max(self.pads, default=0) > 0
+        self.buf = self.buf[index]
+
+    def trim(self) -> int:
+        """Drop the leading columns that are padding for every row; returns how many."""
+        lead = min(self.pads, default=0)
+        if lead:
+            self.pads = [p - lead for p in self.pads]
+            self.padded = max(self.pads) > 0
+            self.start += lead
+            self.width -= lead
+        return lead
+
+
+def join_rows(cache: Any, mask: PadMask | None, rows: list[RowKV]) -> tuple[Any, PadMask]:
     """Stack per-request caches under the running batch's (None when empty), left-padding all to one width.
 
-    Returns the new slab cache and its `[B, width]` mask (1 where a column is a real token of that row).
+    Returns the new slab cache and its mask.
     """
-    import torch
-
-    old_b = 0 if mask is None else mask.shape[0]
-    old_w = 0 if mask is None else mask.shape[1]
+    old_b = 0 if mask is None else len(mask.pads)
+    old_w = 0 if mask is None else mask.width
     lengths = [kv[0][0].shape[2] for kv in rows]
     width = max([old_w, *lengths])
     n = old_b + len(rows)
@@ -112,13 +157,9 @@ def join_rows(cache: Any, mask: Any, rows: list[RowKV]) -> tuple[Any, Any]:
             kbuf[old_b + i, :, width - lengths[i] : width] = k[0]
             vbuf[old_b + i, :, width - lengths[i] : width] = v[0]
         layer.adopt(kbuf, vbuf, 0, width)
-    device = rows[0][0][0].device
-    new_mask = torch.zeros((n, width), dtype=torch.long, device=device)
-    if old_b:
-        new_mask[:old_b, width - old_w :] = mask
-    for i, length in enumerate(lengths):
-        new_mask[old_b + i, width - length :] = 1
-    return out, new_mask
+    old_pads = [] if mask is None else [p + width - old_w for p in mask.pads]
+    pads = old_pads + [width - length for length in lengths]
+    return out, PadMask(pads, width, rows[0][0][0].device)
 
 
 def trim_left(cache: Any, n: int) -> None:

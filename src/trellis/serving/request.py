@@ -63,19 +63,6 @@ class RequestHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
-    def _push(self, delta: StreamDelta) -> None:
-        if delta.completion is not None:
-            self.completion = delta.completion
-        if self._async_q is not None and self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._async_q.put_nowait, delta)
-            except RuntimeError:  # the consumer's event loop is gone: nobody is listening
-                self.cancelled = True
-        else:
-            self._sync_q.put(delta)
-        if delta.completion is not None:
-            self._done.set()
-
     def __iter__(self) -> Iterator[StreamDelta]:
         if self._async_q is not None:
             raise RuntimeError("this request was submitted from an event loop: use `async for`")
@@ -111,6 +98,35 @@ class RequestHandle:
         return self.completion
 
 
+def push_deltas(items: list[tuple[RequestHandle, StreamDelta]]) -> None:
+    """Hand each delta to its request's consumer. The handles read from one event loop get all of theirs in
+    one `call_soon_threadsafe`: one wake-up of that loop (a pipe write) per engine step, not one per request.
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, StreamDelta]]] = {}
+    for handle, delta in items:
+        if delta.completion is not None:
+            handle.completion = delta.completion
+        if handle._async_q is not None and handle._loop is not None:
+            by_loop.setdefault(handle._loop, []).append((handle, delta))
+        else:
+            handle._sync_q.put(delta)
+    for loop, group in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, group)
+        except RuntimeError:  # the consumers' event loop is gone: nobody is listening
+            for handle, _ in group:
+                handle.cancelled = True
+    for handle, delta in items:
+        if delta.completion is not None:
+            handle._done.set()
+
+
+def _put_all(group: list[tuple[RequestHandle, StreamDelta]]) -> None:
+    for handle, delta in group:
+        assert handle._async_q is not None
+        handle._async_q.put_nowait(delta)
+
+
 @dataclass(eq=False)  # rows are compared by identity: two requests may be alike field for field
 class Row:
     prompt_ids: list[int]
@@ -118,6 +134,8 @@ class Row:
     generator: Any  # torch.Generator
     stop_ids: frozenset[int]
     handle: RequestHandle | None = None
+    # most tokens to generate: max_tokens, fewer where prompt + output would outgrow the model's context
+    max_out: int | None = None
     index: int = 0  # position in the caller's prompt list (generate)
     # prefill progress: the first `prefilled` prompt tokens have their keys/values in `kv`
     # (per layer a (key, value) pair of [1, heads, prefilled, head_dim]), from a prefix cache or earlier chunks
@@ -138,9 +156,9 @@ class Row:
     pending_lp: list[float] = field(default_factory=list)
     pending_top: list[dict[int, float]] = field(default_factory=list)
 
-    @property
-    def needs_text(self) -> bool:
-        return self.handle is not None or bool(self.params.stop)
+    def __post_init__(self) -> None:
+        if self.max_out is None:
+            self.max_out = self.params.max_tokens
 
     @property
     def cancelled(self) -> bool:
