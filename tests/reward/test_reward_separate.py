@@ -120,8 +120,12 @@ def test_ensemble_forward_and_backbone_path_agree_with_a_constraint(tmp_path):
     with torch.no_grad():
         assert torch.allclose(again(input_ids=ids, attention_mask=mask).logits, logits, atol=1e-6)
 
-    # a critic needs gradients everywhere: without the constraint the combination is the weighted sum
-    critic = again.without_constraint()
+    # a critic needs gradients everywhere: without the constraint the combination is the weighted sum;
+    # PPO's critic loader gives exactly that
+    from trellis.rlhf.value_init import load_value_model
+
+    critic = load_value_model(tmp_path / "ensemble")
+    assert "constraint" not in critic.spec
     values = hidden_scores(critic, ids, mask)[:, -1]
     assert torch.allclose(values, per_axis @ torch.tensor([1.0, 0.5]), atol=1e-5)
     values.sum().backward()

@@ -17,9 +17,12 @@ def load_value_model(path: str | Path, device: Any = "cpu") -> Any:
     import torch
 
     from trellis.checkpoint import load_reward_model
+    from trellis.reward.ensemble import RewardEnsemble
     from trellis.reward.heads import COMBINATION_KEY, CombinedScoreHead
 
     model = load_reward_model(path, device=device)
+    if isinstance(model, RewardEnsemble):  # one model per axis: their weighted sum, without the constraint
+        return model.without_constraint()
     score = getattr(model, "score", None)
     if not isinstance(score, CombinedScoreHead):
         return model
