@@ -4,11 +4,14 @@
         [--batch-size 32] [--minibatch-size 32] [--ppo-epochs 4] [--response-length 32] [--lr 1e-4]
         [--repeats 1] [--peers trellis,trl,trellis-shared-critic] [--micro-batch-size 8]
         [--precision fp32] [--trl-path /tmp/trl112] [--out benchmarks/results/ppo-<date>.json]
+        [--shared-critic-set KEY=VALUE ...] [--trellis-set KEY=VALUE ...]
 
 Peers: `trellis` (separate value model initialised from the reward model, as TRL's), `trl`, and
 `trellis-shared-critic` (value_model: policy_head, a value head on the policy's backbone; TRL 1.12's PPO
-has no such option). The summary gives medians over repeats; every repeat is under "runs" with its
-rollout/update time split and the load average after it.
+has no such option). `--shared-critic-set` / `--trellis-set` pass RLHFConfig fields to those two peers,
+e.g. `--shared-critic-set value_warmup_rollouts=2` (the head fitted on 2 rollouts before the first update;
+their time counts in the episodes/s). The summary gives medians over repeats; every repeat is under "runs"
+with its rollout/update time split, the overrides it ran with, and the load average after it.
 
 Without --policy/--reward-model it builds a tiny random chat policy (tests' recipe) and a reward model of
 the same shape: the episodes/s are then meaningful, the reward gain is not.
@@ -22,7 +25,8 @@ Both peers get the same policy, reward model (which also initialises the value m
 length, temperature, PPO epochs, learning rate (constant), KL coefficient and estimator, clip ranges,
 GAE parameters and missing-eos penalty. Each peer trains in its own subprocess, one after the other
 (alternating over --repeats), with the same thread count; episodes/s is episodes / wall time of the
-training loop (model loading and evaluation excluded). After training, both final policies are evaluated by
+training loop (model loading and evaluation excluded); episodes/CPU-s divides by the CPU time of that loop
+instead (less sensitive to a shared machine's other load). After training, both final policies are evaluated by
 the same code: greedy answers (Trellis engine, same max tokens) to the same held-out prompts (the world's
 eval prompts), scored by the same reward model and by the world's gold scorer. The reward gain is the
 final policy's mean reward minus the initial policy's on those prompts.
@@ -100,6 +104,19 @@ def _load_frozen(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 # -- the Trellis child ------------------------------------------------------------------------------------
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings (values read as YAML: 1e-3, true, ...) as RLHFConfig fields."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"bench_ppo: expected KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def run_trellis(args: argparse.Namespace, value_model: str) -> dict[str, Any]:
     import torch
 
@@ -129,23 +146,27 @@ def run_trellis(args: argparse.Namespace, value_model: str) -> dict[str, Any]:
         missing_eos_penalty=args.missing_eos_penalty, seed=args.seed, device="cpu",
         generation_batch_size=args.batch_size, forward_batch_size=args.micro_batch_size,
         micro_batch_size=args.micro_batch_size, precision=args.precision, value_model=value_model,
+        **_overrides(args.trellis_set if value_model == "reward" else args.shared_critic_set),
     )
     trainer = PPOTrainer(config, policy, ref, value, reward, tokenizer, train_prompts, torch.device("cpu"))
     history = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while trainer.step < config.steps:
         history.append(trainer.train_step())
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     final = evaluate_policy(policy, tokenizer, reward, held_out, args.response_length)
     keys = ("generation_seconds", "rollout_seconds", "update_seconds", "step_seconds")
     return {
         "peer": "trellis" if value_model == "reward" else "trellis-shared-critic", "episodes": trainer.step * args.batch_size, "train_seconds": seconds,
-        "episodes_per_s": trainer.step * args.batch_size / seconds,
+        "episodes_per_s": trainer.step * args.batch_size / seconds, "cpu_seconds": cpu_seconds,
+        "episodes_per_cpu_s": trainer.step * args.batch_size / cpu_seconds,
         "time_split": {k: statistics.fmean(h[k] for h in history) for k in keys},
         "train_reward_first": history[0]["reward_mean"], "train_reward_last": history[-1]["reward_mean"],
         "kl_last": history[-1]["kl_mean"],
         "initial": initial, "final": final, "reward_gain": final["reward_mean"] - initial["reward_mean"],
         "gold_gain": _diff(final["gold_score"], initial["gold_score"]),
+        "config_overrides": _overrides(args.trellis_set if value_model == "reward" else args.shared_critic_set),
+        "value_warmup_mse": trainer.meta.get("value_warmup_mse"),
     }
 
 
@@ -213,15 +234,16 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=ref,
                          reward_model=reward, value_model=value, train_dataset=dataset,
                          eval_dataset=dataset.select(range(args.batch_size)), callbacks=[Keep()])
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     episodes = int(trainer.state.episode)
     tokenizer.padding_side = "right"
     final = evaluate_policy(policy, tokenizer, reward, held_out, args.response_length)
     return {
         "peer": f"trl=={trl.__version__}", "episodes": episodes, "train_seconds": seconds,
         "episodes_per_s": episodes / seconds, "optimizer": "one AdamW over policy+value (HF Trainer)",
+        "cpu_seconds": cpu_seconds, "episodes_per_cpu_s": episodes / cpu_seconds,
         "time_split": {"generation_seconds": generation_seconds[0] / max(len(history), 1),
                        "step_seconds": seconds / max(len(history), 1)},
         "train_reward_first": history[0]["objective/scores"] if history else None,
@@ -299,6 +321,11 @@ def main() -> None:
     parser.add_argument("--peers", default="trellis,trl,trellis-shared-critic",
                         help="peers to run, in this order (trellis-shared-critic: Trellis with "
                              "value_model=policy_head; TRL 1.12 always uses a separate value model)")
+    parser.add_argument("--trellis-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an RLHFConfig field for the `trellis` peer (repeatable)")
+    parser.add_argument("--shared-critic-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an RLHFConfig field for the `trellis-shared-critic` peer (repeatable), e.g. "
+                             "value_head_detached=true value_warmup_rollouts=1 value_lr=1e-3")
     parser.add_argument("--trl-path", default="/tmp/trl112")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"ppo-{dt.date.today()}.json"))
     parser.add_argument("--role", choices=["trellis", "trl", "trellis-shared-critic"], help=argparse.SUPPRESS)
@@ -344,6 +371,9 @@ def main() -> None:
     names = list(dict.fromkeys(peers))
     eps = {p: median(p, "episodes_per_s") for p in names}
     theirs = eps.get("trl")
+    # CPU time of the training process: on a shared machine less sensitive to the other load than wall time
+    cpu_eps = {p: median(p, "episodes_per_cpu_s") for p in names}
+    cpu_theirs = cpu_eps.get("trl")
     summary = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -353,9 +383,13 @@ def main() -> None:
         "settings": {k: getattr(args, k) for k in ("episodes", "batch_size", "minibatch_size", "ppo_epochs",
                                                    "response_length", "temperature", "lr", "kl_coef",
                                                    "micro_batch_size", "precision",
-                                                   "missing_eos_penalty", "eval_prompts", "seed")},
+                                                   "missing_eos_penalty", "eval_prompts", "seed",
+                                                   "trellis_set", "shared_critic_set")},
         "episodes_per_s": eps,
         "speedup_vs_trl": {p: eps[p] / theirs for p in names if p != "trl" and eps[p] and theirs},
+        "episodes_per_cpu_s": cpu_eps,
+        "cpu_speedup_vs_trl": {p: cpu_eps[p] / cpu_theirs for p in names
+                               if p != "trl" and cpu_eps[p] and cpu_theirs},
         "reward_gain": {p: median(p, "reward_gain") for p in names},
         "gold_gain": {p: median(p, "gold_gain") for p in names},
         "runs": runs,
@@ -363,7 +397,8 @@ def main() -> None:
     summary["note"] = "medians over repeats; every repeat is in runs"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: summary[k] for k in ("episodes_per_s", "speedup_vs_trl", "reward_gain", "gold_gain", "machine")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("episodes_per_s", "speedup_vs_trl", "cpu_speedup_vs_trl", "reward_gain",
+                                              "gold_gain", "machine")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,41 @@ def _eval_table(eval_summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _quote(text: str) -> str:
+    return "\n".join("> " + line for line in (text or "(empty)").splitlines()) or "> (empty)"
+
+
+def _answer(record: dict[str, Any]) -> str:
+    """A sample's answer as a quote, with its reward when the stage scored it and a mark when cut off."""
+    notes = [f"reward {_fmt(record['reward'])}"] if isinstance(record.get("reward"), float | int) else []
+    notes += [f"{k.removeprefix('reward_')} {_fmt(v)}" for k, v in record.items()
+              if k.startswith("reward_") and isinstance(v, float | int)]
+    if record.get("stopped") is False:
+        notes.append("cut at max_new_tokens")
+    return _quote(str(record.get("answer", ""))) + (f"\n\n*({', '.join(notes)})*" if notes else "")
+
+
+def _samples_section(summary: dict[str, Any]) -> list[str]:
+    """Greedy samples: each stage's last ones (SFT), and before / after side by side per prompt (RLHF)."""
+    lines: list[str] = []
+    for stage in summary.get("stages", []):
+        s = summary.get(stage) or {}
+        initial, final = s.get("samples_initial") or [], s.get("samples_final") or s.get("samples") or []
+        if not final:
+            continue
+        before = {r["prompt"]: r for r in initial if r.get("step") != final[0].get("step")}
+        lines += [f"### {stage} (step {final[0].get('step')})" + (", against step 0" if before else ""), ""]
+        for record in final:
+            # a prompt may span paragraphs, which bold markers cannot
+            lines += ["**Prompt:**", "", _quote(str(record["prompt"])), ""]
+            if record["prompt"] in before:
+                lines += ["**Before:**", "", _answer(before[record["prompt"]]), "", "**After:**", ""]
+            else:
+                lines += ["**Answer:**", ""]
+            lines += [_answer(record), ""]
+    return ["## Samples", "", *lines] if lines else []
+
+
 def write_report(run_root: Path, summary: dict[str, Any]) -> Path:
     lines = [f"# Trellis run `{summary.get('name')}`", "", f"Run directory: `{run_root}`", ""]
     lines += ["## Stages", "", "| stage | wall seconds | key results |", "|---|---|---|"]
@@ -98,6 +133,7 @@ def write_report(run_root: Path, summary: dict[str, Any]) -> Path:
         links = [f"[{name}](eval/{name})" for name in ("report.md", "report.html") if (run_root / "eval" / name).exists()]
         if links:
             lines += ["Deltas between stages and plots: " + ", ".join(links), ""]
+    lines += _samples_section(summary)
     plots = [p for p in (plot_stage(run_root, s) for s in summary.get("stages", [])) if p is not None]
     if plots:
         lines += ["## Curves", ""]

@@ -64,8 +64,9 @@ def test_policy_outputs_share_one_backbone_pass(make_config, tiny_dirs, prompt_t
     assert torch.allclose(values, expected_values.squeeze(-1) * seq.response_mask, atol=1e-5)
 
 
-def test_shared_critic_trains_saves_and_resumes(tmp_path, make_config, monkeypatch):
-    config = make_config(value_model="policy_head", steps=4, save_every=2)
+@pytest.mark.parametrize("options", [{}, {"value_head_detached": True, "value_warmup_rollouts": 1}])
+def test_shared_critic_trains_saves_and_resumes(tmp_path, make_config, monkeypatch, options):
+    config = make_config(value_model="policy_head", steps=4, save_every=2, **options)
     stage.run(config, WorldConfig(), tmp_path / "a")
     ckpt = tmp_path / "a" / "rlhf" / "checkpoints" / "step-0000002"
     assert not (ckpt / "value").exists()

@@ -2,9 +2,10 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from trellis.config.base import Section
+from trellis.config.sft import SampleGenerations
 
 
 class RLHFLoRA(Section):
@@ -21,7 +22,9 @@ class RLHFConfig(Section):
     # checkpoint directories; null in a pipeline means the SFT / reward stage's final checkpoint
     policy: str | None = None
     reward_model: str | None = None
-    # "world" (held-out RLHF prompts) or a path to a json/jsonl file of {"prompt": ...}
+    # "world" (held-out RLHF prompts), a path to a json/jsonl file of {"prompt": ...}, a .jsonl(.gz) file of
+    # comparison pairs (hh-rlhf transcripts: single-turn prompts), or "reward_heldout": the pairs the reward
+    # stage held out, split as it split them (its config.yaml beside reward_model; trellis.rlhf.prompts)
     prompts: str = "world"
     steps: int = 40
     rollout_batch_size: int = 32
@@ -60,8 +63,18 @@ class RLHFConfig(Section):
     ptx_batch_size: int = 4
     ptx_seq_len: int = 128
     # the critic: "reward" = a separate value model initialised from the reward model (as TRL's PPO);
-    # "policy_head" = a zero-initialised linear head on the policy's backbone (half the update's work)
+    # "policy_head" = a zero-initialised linear head on the policy's backbone (half the update's work;
+    # give it value_warmup_rollouts: 2, which more than doubled its reward gain in bench_ppo.py)
     value_model: Literal["reward", "policy_head"] = "reward"
+    # policy_head only. value_head_detached: the value loss trains the head alone, as a probe on the
+    # policy's features (no value gradient into the policy's backbone, which then gets the policy loss
+    # alone, as with a separate value model). Measured worse in bench_ppo.py: reward gain +0.06 against
+    # +0.13 (no warmup), +0.12 against +0.24 (value_warmup_rollouts: 2): the value loss helps the features
+    value_head_detached: bool = False
+    # policy_head only: rollouts spent, before the first policy update, fitting the head by ridge
+    # regression on their returns (their episodes are not trained on: advantages from a critic fitted to
+    # the same episodes would be shrunk towards zero)
+    value_warmup_rollouts: int = Field(default=0, ge=0)
     # LoRA on the policy (null: full fine-tuning with a separate frozen reference copy)
     lora: RLHFLoRA | None = None
     # ppo: Trellis's own PPO; grpo / rloo: TRL's GRPOTrainer / RLOOTrainer on the same prompts and reward
@@ -85,3 +98,16 @@ class RLHFConfig(Section):
     gold_eval: bool = True
     eval_max_new_tokens: int = 48
     eval_initial: bool = True
+    # greedy answers of the policy to `prompts` of its prompt set (taken in turn from each axis), scored by
+    # the reward model, at step 0, every `every` steps and at the end: samples.jsonl, TensorBoard and the
+    # summary's samples_initial / samples_final (trellis.rlhf.samples). null: none
+    samples: SampleGenerations | None = None
+
+    @model_validator(mode="after")
+    def _value_head_options_need_a_value_head(self) -> "RLHFConfig":
+        if self.value_model != "policy_head":
+            for key in ("value_head_detached", "value_warmup_rollouts"):
+                if getattr(self, key):
+                    raise ValueError(f"{key} applies to value_model: policy_head only "
+                                     f"(value_model is {self.value_model!r})")
+        return self

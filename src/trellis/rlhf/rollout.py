@@ -120,14 +120,18 @@ def response_hidden_and_logits(model: Any, batch: SequenceBatch) -> tuple[torch.
     return hidden, head(hidden)
 
 
+def head_values(value_head: Any, hidden: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
+    """A value head's values at the response positions' hidden states: [B, R], zero on padding."""
+    return value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float() * batch.response_mask
+
+
 def policy_outputs(model: Any, batch: SequenceBatch, temperature: float, with_entropy: bool,
                    value_head: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """One backbone pass for the policy's log-probs (and entropy) and the values of a value head on the
     policy's own hidden states (the shared-backbone critic). All [B, R], zero on padding."""
     hidden, logits = response_hidden_and_logits(model, batch)
     logp, entropy = _logprobs_and_entropy(logits, batch, temperature, with_entropy)
-    values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float() * batch.response_mask
-    return logp, entropy, values
+    return logp, entropy, head_values(value_head, hidden, batch)
 
 
 def _logprobs_and_entropy(logits: torch.Tensor, batch: SequenceBatch, temperature: float,
@@ -278,21 +282,24 @@ def score_rollout(policy: Any, ref_policy: Any, value_model: Any, reward_model: 
                   forward_batch_size: int = 64, value_head: Any = None) -> Rollout:
     """Old log-probs (policy and reference), values, entropy and reward scores of sampled episodes.
 
-    With `value_head`, the values come from that head on the policy's hidden states (value_model unused).
+    With `value_head`, the values come from that head on the policy's hidden states (value_model unused),
+    and those hidden states are kept as extra["value_features"] [B, R, H].
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sequences = build_sequences(prompt_ids, response_ids, pad_id)
-    logps, refs, values, entropies = [], [], [], []
+    logps, refs, values, entropies, features = [], [], [], [], []
     chunks = length_sorted_chunks(sequences.attention_mask.sum(-1), forward_batch_size)
     rlen = sequences.response_tokens.shape[1]
     for rows in chunks:
         chunk = sequences.select(rows).to(device)
         pad = (0, rlen - chunk.response_tokens.shape[1])
+        hidden, logits = response_hidden_and_logits(policy, chunk)
+        logp, ent = _logprobs_and_entropy(logits, chunk, temperature, True)
         if value_head is None:
-            logp, ent = response_logprobs(policy, chunk, temperature, with_entropy=True)
             value = token_values(value_model, chunk)
         else:
-            logp, ent, value = policy_outputs(policy, chunk, temperature, True, value_head)
+            value = head_values(value_head, hidden, chunk)
+            features.append(torch.nn.functional.pad(hidden.float(), (0, 0, *pad)))
         with reference_of(policy, ref_policy) as ref_model:
             ref, _ = response_logprobs(ref_model, chunk, temperature)
         logps.append(torch.nn.functional.pad(logp, pad))
@@ -306,6 +313,9 @@ def score_rollout(policy: Any, ref_policy: Any, value_model: Any, reward_model: 
                  for r in response_ids]
     per_axis: dict[str, torch.Tensor] = {}
     scores = reward_scores(reward_model, tokenizer, prompt_texts, responses, device, per_axis=per_axis)
+    extra: dict[str, Any] = {"reward_per_axis": per_axis}
+    if features:
+        extra["value_features"] = torch.cat(features)[inverse]
     return Rollout(
         prompts=list(prompt_texts),
         responses=responses,
@@ -316,5 +326,5 @@ def score_rollout(policy: Any, ref_policy: Any, value_model: Any, reward_model: 
         entropy=torch.cat(entropies)[inverse],
         scores=scores.to(device),
         ended_with_eos=torch.tensor(ended_with_eos, dtype=torch.bool, device=device),
-        extra={"reward_per_axis": per_axis},
+        extra=extra,
     )

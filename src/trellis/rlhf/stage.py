@@ -2,7 +2,8 @@
 
 Roles: the policy (trained), the reference (the initial policy, frozen), the reward model (frozen) and a
 critic: a value model initialised from the reward model (its score head read at every position), or with
-`value_model: policy_head` a value head on the policy's own backbone. With `lora`, only adapters train and
+`value_model: policy_head` a value head on the policy's own backbone (`value_warmup_rollouts` fits it on
+rollouts of the initial policy before the first update). With `lora`, only adapters train and
 the reference is the policy with its adapters disabled. Rollouts go through the project's serving engine.
 Writes runs/<name>/rlhf/ through StageRun and resumes from its latest checkpoint. `algorithm: grpo | rloo`
 hands the same inputs to TRL instead (trellis.rlhf.trl_algorithms).
@@ -54,6 +55,19 @@ def _summary(history: list[dict[str, float]], key: str) -> tuple[float | None, f
     return values[0], _mean(values[-FINAL_WINDOW:])
 
 
+def axis_and_kl_summary(history: list[dict[str, float]], target_kl: float) -> dict[str, Any]:
+    """Each reward head's mean, first step and last steps, and the per-step KL against `target_kl`."""
+    out: dict[str, Any] = {}
+    axes = sorted({k[len("reward_"):-len("_mean")] for h in history for k in h
+                   if k.startswith("reward_") and k.endswith("_mean") and k != "reward_mean"})
+    for axis in axes:
+        out[f"reward_{axis}_initial"], out[f"reward_{axis}_final"] = _summary(history, f"reward_{axis}_mean")
+    kls = [h["kl_mean"] for h in history if "kl_mean" in h]
+    out.update(target_kl=target_kl, kl_max=max(kls, default=None),
+               kl_steps_over_target=sum(kl > target_kl for kl in kls))
+    return out
+
+
 def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
     if config.policy is None:
         raise TrellisError("rlhf.policy: no policy checkpoint (set rlhf.policy or run the sft stage first)")
@@ -68,13 +82,14 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
     from trellis.checkpoint import check_checkpoint_dir, load_causal_lm, load_reward_model, load_tokenizer
     from trellis.device import resolve_device
     from trellis.rlhf.prompts import load_prompts
+    from trellis.rlhf.samples import make_policy_samples
     from trellis.rlhf.trainer import TIMING_KEYS, PPOTrainer
     from trellis.rlhf.value_init import load_value_model
 
     check_checkpoint_dir(config.policy, need_tokenizer=True)
     check_checkpoint_dir(config.reward_model, need_tokenizer=False)
     world_obj = _world(world, needed=config.prompts == "world" or (config.ptx_coef > 0 and config.ptx_data == "world"))
-    prompts = load_prompts(config.prompts, world_obj)
+    prompts = load_prompts(config.prompts, world_obj, config.reward_model)
 
     if config.algorithm != "ppo":
         from trellis.rlhf.trl_algorithms import run_trl_algorithm
@@ -118,6 +133,9 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
             trainer.load_state(resume)
             run.truncate_metrics_after(trainer.step)
             log.info("resuming RLHF from %s (step %d)", resume, trainer.step)
+        samples = make_policy_samples(config, run, tokenizer, reward_model, device, prompts)
+        if samples is not None:
+            samples.start(policy, trainer.step if resume is not None else None)
 
         if resume is None and config.eval_initial:
             # a LoRA policy equals its reference before training (B = 0)
@@ -135,6 +153,8 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl_mean']:.3f}",
                                 gold=f"{metrics.get('gold_score', float('nan')):.3f}")
+                if samples is not None and samples.due(step, config.steps):
+                    samples.generate(policy, step)
                 if config.save_every > 0 and step % config.save_every == 0 and step < config.steps:
                     save_atomic(run.checkpoint_path(step), trainer.save)
                     run.prune_checkpoints(config.keep_checkpoints)
@@ -170,6 +190,9 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
             summary["gold_samples"] = gold["samples"]
         if "gold_score_initial" in trainer.meta:
             summary["gold_score_initial"] = trainer.meta["gold_score_initial"]
+        summary.update(axis_and_kl_summary(history, config.target_kl))
+        if samples is not None:
+            summary.update(samples.finish(final_model, trainer.step))
         run.write_summary(summary)
         return run.final_dir
     finally:

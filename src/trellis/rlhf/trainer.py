@@ -62,7 +62,7 @@ class PPOTrainer:
         if value_model is None:
             from trellis.rlhf.value_head import new_value_head
 
-            self.value_head = new_value_head(policy, device)
+            self.value_head = new_value_head(policy, device, detach_input=config.value_head_detached)
             groups.append({"params": list(self.value_head.parameters()), "lr": value_lr})
         else:
             value_model.eval()
@@ -96,14 +96,16 @@ class PPOTrainer:
         return contextlib.nullcontext()
 
     # -- one PPO iteration ------------------------------------------------------------------------------------
-    def rollout(self) -> Rollout:
+    def rollout(self, seed_step: int | None = None) -> Rollout:
+        """Sample and score a batch; `seed_step` (default: the current step) picks the sampling seeds."""
         cfg = self.config
         idx = self.order.take(cfg.rollout_batch_size)
         prompt_ids = [self.prompt_ids[i] for i in idx]
         texts = [self.prompts[i]["prompt"] for i in idx]
         start = time.perf_counter()
+        seed_step = self.step if seed_step is None else seed_step
         responses, ended = sample_responses(self.engine, prompt_ids, cfg.temperature, cfg.top_p,
-                                            cfg.max_new_tokens, seed=(cfg.seed * 1_000_003 + self.step) * 65_536,
+                                            cfg.max_new_tokens, seed=(cfg.seed * 1_000_003 + seed_step) * 65_536,
                                             stop_token_ids=self.stop_ids)
         generation_seconds = time.perf_counter() - start
         with self.autocast():
@@ -126,16 +128,45 @@ class PPOTrainer:
                 out[f"gold_{axis}"] = scored[axis]
         return out
 
+    def token_rewards(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """(per-token KL, penalised scores, per-token rewards, the KL coefficient used) of a rollout."""
+        cfg = self.config
+        kl = ppo.kl_per_token(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * batch.mask
+        scores = ppo.apply_missing_eos_penalty(batch.scores, batch.ended_with_eos, cfg.missing_eos_penalty)
+        kl_coef = self.kl_ctl.value
+        return kl, scores, ppo.compute_rewards(kl, scores, batch.mask, kl_coef), kl_coef
+
+    def warm_up_value_head(self) -> None:
+        """Fit the value head on `value_warmup_rollouts` rollouts of the initial policy (seeded apart from
+        the training rollouts), so the first advantages have a baseline that knows the prompt."""
+        from trellis.rlhf.value_head import fit_value_head
+
+        cfg = self.config
+        features, rewards, masks = [], [], []
+        for i in range(cfg.value_warmup_rollouts):
+            batch = self.rollout(seed_step=-1 - i)
+            rewards.append(self.token_rewards(batch)[2])
+            features.append(batch.extra["value_features"])
+            masks.append(batch.mask)
+        width = max(m.shape[1] for m in masks)
+
+        def padded(parts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(p, (0, 0) * (p.dim() - 2) + (0, width - p.shape[1]))
+                              for p in parts])
+
+        self.meta["value_warmup_mse"] = fit_value_head(self.value_head, padded(features), padded(rewards),
+                                                       padded(masks), cfg.gamma, cfg.lam)
+
     def train_step(self) -> dict[str, float]:
         cfg = self.config
         step_start = time.perf_counter()
+        if (self.value_head is not None and cfg.value_warmup_rollouts and self.step == 0
+                and "value_warmup_mse" not in self.meta):
+            self.warm_up_value_head()
         batch = self.rollout()
         rollout_seconds = time.perf_counter() - step_start
         mask = batch.mask
-        kl = ppo.kl_per_token(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * mask
-        scores = ppo.apply_missing_eos_penalty(batch.scores, batch.ended_with_eos, cfg.missing_eos_penalty)
-        kl_coef = self.kl_ctl.value
-        rewards = ppo.compute_rewards(kl, scores, mask, kl_coef)
+        kl, scores, rewards, kl_coef = self.token_rewards(batch)
         advantages, returns = ppo.compute_gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
             advantages = ppo.masked_whiten(advantages, mask)
