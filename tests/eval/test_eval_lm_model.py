@@ -96,3 +96,22 @@ def test_registered_for_lm_eval(tiny_dir):
     assert cls is TrellisLM
     lm = cls.create_from_arg_string(f"pretrained={tiny_dir},batch_size=4", {"device": "cpu"})
     assert lm.batch_size == 4 and lm.max_length == 128
+
+
+def test_scoring_projects_scored_positions_only(tiny):
+    """The whole model (logits at every position) runs once, for the probe that checks its head; scoring
+    runs the decoder and projects scored positions only, and later calls reuse the same scorer."""
+    from trellis.eval.lm_model import TrellisLM
+
+    model, tok = tiny
+    full_passes = []
+    handle = model.register_forward_pre_hook(lambda module, args: full_passes.append(1))
+    try:
+        lm = TrellisLM(model=model, tokenizer=tok, batch_size=3)
+        lm.loglikelihood(_instances(PAIRS), disable_tqdm=True)
+        lm.loglikelihood(_instances(PAIRS[:2]), disable_tqdm=True)
+    finally:
+        handle.remove()
+    assert len(full_passes) == 1
+    # A/B/C of one question share their single scored position; contexts are run but never projected
+    assert 0 < lm.scorer.projected_positions < lm.scorer.forward_tokens

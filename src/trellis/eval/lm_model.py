@@ -78,6 +78,7 @@ class TrellisLM(lm_eval.api.model.TemplateLM):
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
         self._engine = engine
+        self._scorer: Any = None
 
     # -- what lm-eval asks of a model ------------------------------------------------------------------
     @property
@@ -131,11 +132,18 @@ class TrellisLM(lm_eval.api.model.TemplateLM):
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
     # -- scoring --------------------------------------------------------------------------------------
+    @property
+    def scorer(self) -> Any:
+        """The shared-prefix scorer of this model (made once: it probes the model's output head)."""
+        if self._scorer is None:
+            from trellis.eval.prefix_scoring import PrefixScorer
+
+            self._scorer = PrefixScorer(self._model, batch_size=self.batch_size)
+        return self._scorer
+
     def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
                               **kwargs: Any) -> list[tuple[float, bool]]:
         """(sum of continuation log-probs, continuation is the greedy decode) for each request."""
-        from trellis.eval.prefix_scoring import PrefixScorer
-
         max_len = self.max_length
         token_requests = []
         for i, (_, ctx, cont) in enumerate(requests):
@@ -145,7 +153,7 @@ class TrellisLM(lm_eval.api.model.TemplateLM):
             token_requests.append(((ctx + cont)[-(max_len + 1):][:-1], cont))
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
         with torch.inference_mode():
-            results = PrefixScorer(self._model, batch_size=self.batch_size).score(token_requests, progress=bar.update)
+            results = self.scorer.score(token_requests, progress=bar.update)
         bar.close()
         for (key, _, _), answer in zip(requests, results, strict=True):
             if key is not None:

@@ -1,25 +1,29 @@
-"""Continuation log-likelihoods with every shared prefix computed once (a KV cache per prefix).
+"""Continuation log-likelihoods with every shared prefix computed once.
 
 lm-eval asks for log P(continuation | context) of many requests whose inputs overlap: the choices of one
 question share its context, and the questions of an MMLU subject (or all of TruthfulQA) share a few-shot
 preamble. A request's model input is `inp` (context + continuation, left-truncated to the model length,
 last token dropped, exactly as HFLM builds it); the last len(continuation) positions are scored. We cut it
-into a tree of three levels and run each node once:
+into a tree and run each node once:
 
-    cluster prefix   tokens that several documents start with (few-shot preamble), when long enough
-    document         the rest of inp[:s], s = first scored position (the context minus its last token)
-    leaf             inp[s:], the positions whose logits are scored (one per distinct continuation)
+    cluster prefix   tokens that several documents start with (few-shot preamble), when long enough: one
+                     forward pass per cluster, its keys/values kept while the cluster's documents run
+    document         the rest of inp[:s] (s = first scored position) plus what all its leaves share
+    leaf             the rest of each distinct continuation's input (the positions scored)
 
-A document's row carries its first leaf (with a single distinct leaf, as MMLU's A/B/C/D whose input is
-the context alone, that is all of it); only its other leaves continue from its cached state. Rows attend to their ancestors' cached keys/values;
-rows of a batch are sorted by length, right-padded, and a mask hides the gaps when their cached parts
-differ in length. Logits are projected onto the vocabulary only at scored positions.
+A document and all its leaves are one row of a forward pass: the leaves are laid one after another after
+the document's tokens, with position ids that restart where the document ends and an attention mask that
+lets a leaf see the cluster prefix, the document and itself only (a tree mask). So a question's context
+is computed once for all its choices without copying its keys/values, and a few-shot preamble once for
+all the questions of its subject. Short documents share a row (packed up to the longest row's length, each
+seeing only itself), so that padding stays small; rows of a batch share their cluster prefix, are sorted
+by length and right-padded. Logits are projected onto the vocabulary only at scored positions.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,29 +31,44 @@ from trellis.errors import TrellisError
 
 # a cluster prefix shorter than this is not worth a forward pass of its own
 MIN_SHARED_PREFIX = 16
-# cached keys/values held at once (documents are processed in waves under this budget)
-KV_BUDGET_BYTES = 2 * 1024**3
-# keys/values one forward pass may stack (rows x (longest cached part + new tokens)): a batch of rows with
-# long few-shot prefixes is cut short rather than copying gigabytes per pass
-BATCH_KV_BYTES = 1024**3
+# cluster-prefix keys/values held at once: clusters are processed in waves under this budget (a wave of
+# ~20 few-shot preambles already fills the prefix passes' batches, so a larger one only costs memory)
+KV_BUDGET_BYTES = 512 * 1024**2
+# keys/values one forward pass may stack (rows x (cluster prefix + new tokens)): rows under a long
+# few-shot preamble run in smaller batches rather than copying gigabytes per pass
+BATCH_KV_BYTES = 512 * 1024**2
+# attention implementations that take an arbitrary 4D additive mask (the tree mask needs one)
+TREE_MASK_ATTENTION = ("eager", "sdpa")
 
 Segment = list[tuple[Any, Any]]  # per layer (keys, values), each [kv_heads, length, head_dim]
 
 
 @dataclass
 class Row:
-    """One sequence of a forward pass: new tokens after the cached segments it attends to."""
+    """One sequence of a forward pass: new tokens after the cached cluster prefix it attends to.
 
-    past: list[Segment]
+    `branch[t]` is 0 for the document's tokens and j >= 1 for the tokens of its j-th leaf; a token sees the
+    prefix, the branch-0 tokens before it and the tokens of its own branch before it. `segment[t]` numbers
+    the documents packed into one row (empty: a single document); a token sees only its own document."""
+
+    past: Segment | None
     tokens: list[int]
-    keep_kv: int = 0  # how many leading new tokens' keys/values to keep for rows that continue from this one
-    # (request index, offset in tokens of its first scored position); scored up to the end of tokens
-    scored: list[tuple[int, int]] = field(default_factory=list)
+    positions: list[int]  # offset of each token after the cached prefix
+    branch: list[int]
+    # (request index, the token indices whose logits predict its continuation, in order)
+    scored: list[tuple[int, list[int]]] = field(default_factory=list)
+    keep_kv: int = 0  # how many leading tokens' keys/values to keep (a cluster prefix)
     kv: Segment | None = None
+    segment: list[int] = field(default_factory=list)
 
     @property
     def past_len(self) -> int:
-        return sum(seg[0][0].shape[1] for seg in self.past)
+        return 0 if self.past is None else int(self.past[0][0].shape[1])
+
+    @property
+    def needs_mask(self) -> bool:
+        """More than plain causal attention: leaves in branches, or several documents."""
+        return any(self.branch) or any(self.segment)
 
 
 @dataclass
@@ -88,6 +107,66 @@ def cluster_documents(keys: list[tuple[int, ...]], min_shared: int = MIN_SHARED_
     return clusters
 
 
+def prefix_row(tokens: list[int]) -> Row:
+    """A cluster prefix: run once, its keys/values kept."""
+    return Row(None, list(tokens), list(range(len(tokens))), [0] * len(tokens), keep_kv=len(tokens))
+
+
+def document_rows(rest: list[int], leaves: dict[tuple[int, ...], list[int]], past: Segment | None,
+                  tree: bool = True) -> list[Row]:
+    """The rows of one document (its tokens after the cluster prefix, then its leaves): one tree row, or
+    without a tree mask one plain row per leaf (the document's tokens recomputed for each)."""
+    if not tree:
+        return [Row(past, rest + list(leaf), list(range(len(rest) + len(leaf))), [0] * (len(rest) + len(leaf)),
+                    scored=[(i, list(range(len(rest), len(rest) + len(leaf)))) for i in ids])
+                for leaf, ids in leaves.items()]
+    keys = list(leaves)
+    # what every leaf starts with (all of it for a single leaf, as MMLU's A/B/C/D) is computed once
+    common = min(_common_prefix(keys[0], k) for k in keys)
+    trunk = rest + list(keys[0][:common])
+    row = Row(past, list(trunk), list(range(len(trunk))), [0] * len(trunk))
+    shared_scored = list(range(len(rest), len(trunk)))
+    for j, leaf in enumerate(keys, start=1):
+        tail = leaf[common:]
+        start = len(row.tokens)
+        row.tokens += tail
+        row.positions += range(len(trunk), len(trunk) + len(tail))
+        row.branch += [j] * len(tail)
+        row.scored += [(i, shared_scored + list(range(start, start + len(tail)))) for i in leaves[leaf]]
+    return [row]
+
+
+def pack_rows(rows: list[Row], capacity: int) -> list[Row]:
+    """Best-fit decreasing: rows (documents under the same cached prefix) merged into rows of at most
+    `capacity` tokens; each keeps its own positions, branches and scored indices (shifted)."""
+    bins: list[list[Row]] = []
+    free: list[tuple[int, int]] = []  # (tokens left, bin), sorted
+    for row in sorted(rows, key=lambda r: -len(r.tokens)):
+        k = bisect.bisect_left(free, (len(row.tokens), -1))
+        if k < len(free):
+            left, b = free.pop(k)
+        else:
+            left, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(row)
+        bisect.insort(free, (left - len(row.tokens), b))
+    return [_merge(members) for members in bins]
+
+
+def _merge(rows: list[Row]) -> Row:
+    if len(rows) == 1:
+        return rows[0]
+    out = Row(rows[0].past, [], [], [])
+    for document, row in enumerate(rows):
+        start = len(out.tokens)
+        out.tokens += row.tokens
+        out.positions += row.positions
+        out.branch += row.branch
+        out.segment += [document] * len(row.tokens)
+        out.scored += [(i, [start + t for t in indices]) for i, indices in row.scored]
+    return out
+
+
 class PrefixScorer:
     """Scores (inp, continuation) token requests with `model` (any Hugging Face causal LM)."""
 
@@ -99,7 +178,13 @@ class PrefixScorer:
         budget = KV_BUDGET_BYTES if kv_budget_bytes is None else kv_budget_bytes
         self.kv_budget_tokens = max(1, budget // _kv_bytes_per_token(model))
         self.batch_kv_tokens = max(1, BATCH_KV_BYTES // _kv_bytes_per_token(model))
-        self._select_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.tree = getattr(model.config, "_attn_implementation", "eager") in TREE_MASK_ATTENTION
+        self._decoder, self._head = _decoder_and_head(model)
+        # new tokens run through the model (padding excluded) and positions projected onto the vocabulary,
+        # for tests and benchmarks
+        self.forward_tokens = 0
+        self.projected_positions = 0
+        self.packed_rows = 0  # rows holding more than one document
 
     def score(self, requests: list[tuple[list[int], list[int]]],
               progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
@@ -117,149 +202,183 @@ class PrefixScorer:
         self._results: list[tuple[float, bool] | None] = [None] * len(requests)
         self._progress = progress
         documents = list(docs.values())
-        for wave in self._waves(cluster_documents([d.key for d in documents], self.min_shared), documents):
+        for wave in self._waves(cluster_documents([d.key for d in documents], self.min_shared)):
             self._run_wave(wave, documents)
         return self._results  # type: ignore[return-value]
 
     # -- scheduling -----------------------------------------------------------------------------------
-    def _waves(self, clusters: list[tuple[int, list[int]]], documents: list[Document]) -> list[list[tuple[int, list[int]]]]:
-        """Groups of clusters whose cached keys/values fit the budget together."""
+    def _waves(self, clusters: list[tuple[int, list[int]]]) -> list[list[tuple[int, list[int]]]]:
+        """Groups of clusters whose prefixes' keys/values fit the budget together (documents keep none)."""
         waves: list[list[tuple[int, list[int]]]] = [[]]
         used = 0
         for shared, members in clusters:
-            # a big cluster is split into pieces that each recompute its prefix once
-            piece: list[int] = []
-            piece_cost = shared
-            for d in members:
-                cost = len(documents[d].key) - shared if len(documents[d].leaves) > 1 else 0
-                if piece and used + piece_cost + cost > self.kv_budget_tokens:
-                    waves[-1].append((shared, piece))
-                    waves.append([])
-                    used, piece, piece_cost = 0, [], shared
-                piece.append(d)
-                piece_cost += cost
-            waves[-1].append((shared, piece))
-            used += piece_cost
-        return [w for w in waves if w]
+            if waves[-1] and used + shared > self.kv_budget_tokens:
+                waves.append([])
+                used = 0
+            waves[-1].append((shared, members))
+            used += shared
+        return waves
 
     def _run_wave(self, wave: list[tuple[int, list[int]]], documents: list[Document]) -> None:
-        prefix_rows = {c: Row([], list(documents[m[0]].key[:shared]), keep_kv=shared)
-                       for c, (shared, m) in enumerate(wave) if shared}
-        self._forward(list(prefix_rows.values()))
-        doc_rows: list[Row] = []
-        leaf_rows: list[tuple[Row, list[tuple[int, ...]], Document]] = []
+        prefixes = {c: prefix_row(list(documents[m[0]].key[:shared])) for c, (shared, m) in enumerate(wave) if shared}
+        self._forward(list(prefixes.values()))
+        unshared: list[Row] = []
         for c, (shared, members) in enumerate(wave):
-            past = [prefix_rows[c].kv] if c in prefix_rows else []
-            for d in members:
-                doc = documents[d]
-                rest = list(doc.key[shared:])
-                if len(doc.leaves) == 1:
-                    (leaf, ids), = doc.leaves.items()
-                    doc_rows.append(Row(past, rest + list(leaf), scored=[(i, len(rest)) for i in ids]))
-                elif rest:
-                    # the first choice rides along with its context's row, the others continue from its cache
-                    (first, ids), *others = doc.leaves.items()
-                    row = Row(past, rest + list(first), keep_kv=len(rest), scored=[(i, len(rest)) for i in ids])
-                    doc_rows.append(row)
-                    leaf_rows.append((row, [leaf for leaf, _ in others], doc))
-                else:
-                    leaf_rows.append((Row(past, []), list(doc.leaves), doc))
-        self._forward(doc_rows)
-        rows = []
-        for doc_row, leaves, doc in leaf_rows:
-            past = doc_row.past + ([doc_row.kv] if doc_row.kv else [])
-            rows += [Row(past, list(leaf), scored=[(i, 0) for i in doc.leaves[leaf]]) for leaf in leaves]
-        del doc_rows, leaf_rows, prefix_rows
-        self._forward(rows)
+            past = prefixes.pop(c).kv if c in prefixes else None
+            rows = [row for d in members
+                    for row in document_rows(list(documents[d].key[shared:]), documents[d].leaves, past, self.tree)]
+            if past is None:
+                unshared += rows  # documents without a cluster prefix batch together
+            else:
+                del past
+                self._forward(rows)  # the prefix's keys/values are freed with these rows
+        self._forward(unshared)
 
-    # -- the model ------------------------------------------------------------------------------------
     def _forward(self, rows: list[Row]) -> None:
-        # new tokens dominate the cost (every layer's MLP), so batch by their count first; gaps in the
-        # cached part cost attention only
-        rows = sorted(rows, key=lambda r: (-len(r.tokens), -r.past_len))
-        batch: list[Row] = []
-        longest = 0
-        for row in rows:
-            span = max(longest, row.past_len + len(row.tokens))
-            if batch and (len(batch) == self.batch_size or (len(batch) + 1) * span > self.batch_kv_tokens):
-                self._forward_batch(batch)
-                batch, span = [], row.past_len + len(row.tokens)
-            batch.append(row)
-            longest = span
-        if batch:
+        for batch in self._batches(rows):
             self._forward_batch(batch)
 
+    def _batches(self, rows: list[Row]) -> Iterable[list[Row]]:
+        """Rows under the same cluster prefix, longest first, at most batch_size and batch_kv_tokens each
+        (a batch never mixes prefixes, so no row has a gap between its cached part and its new tokens).
+        With the tree mask, short documents are first packed into rows as long as the longest one."""
+        groups: dict[int, list[Row]] = {}
+        for row in rows:
+            groups.setdefault(id(row.past), []).append(row)
+        for group in groups.values():
+            if self.tree and not any(r.keep_kv for r in group):
+                group = pack_rows(group, max(len(r.tokens) for r in group))
+                self.packed_rows += sum(1 for r in group if r.segment)
+            group.sort(key=lambda r: -len(r.tokens))
+            past_len = group[0].past_len
+            batch: list[Row] = []
+            for row in group:
+                span = past_len + len(batch[0].tokens if batch else row.tokens)
+                if batch and (len(batch) == self.batch_size or (len(batch) + 1) * span > self.batch_kv_tokens):
+                    yield batch
+                    batch = []
+                batch.append(row)
+            if batch:
+                yield batch
+
+    # -- the model ------------------------------------------------------------------------------------
     def _forward_batch(self, rows: list[Row]) -> None:
         import torch
-        import torch.nn.functional as F
 
         device = next(self.model.parameters()).device
-        past_lens = [r.past_len for r in rows]
-        past_max = max(past_lens)
+        past_len = rows[0].past_len
         width = max(len(r.tokens) for r in rows)
         ids = torch.zeros(len(rows), width, dtype=torch.long)
+        positions = torch.arange(width).repeat(len(rows), 1)
         for b, row in enumerate(rows):
             ids[b, :len(row.tokens)] = torch.tensor(row.tokens, dtype=torch.long)
-        positions = torch.tensor(past_lens)[:, None] + torch.arange(width)[None, :]
-        kwargs: dict[str, Any] = {"input_ids": ids.to(device), "position_ids": positions.to(device),
-                                  "use_cache": any(r.keep_kv for r in rows)}
-        if past_max:
-            kwargs["past_key_values"] = _stack_past(rows, past_max, device)
-            kwargs["use_cache"] = True
-            if min(past_lens) != past_max:
-                # a row whose cached part is shorter has a gap before its new tokens; padding after the new
-                # tokens needs no mask, since the scored positions never look at it
-                mask = torch.ones(len(rows), past_max + width, dtype=torch.long)
-                for b, n in enumerate(past_lens):
-                    mask[b, n:past_max] = 0
-                kwargs["attention_mask"] = mask.to(device)
-        scored_positions = sorted({off + k for r in rows for _, off in r.scored for k in range(len(r.tokens) - off)})
-        if self._select_logits:
-            kwargs["logits_to_keep"] = torch.tensor(scored_positions or [0], device=device)
-            column = {p: j for j, p in enumerate(scored_positions)}
-        else:
-            column = {p: p for p in scored_positions}
-        out = self.model(**kwargs)
-        if any(r.keep_kv for r in rows):
-            cache = out.past_key_values
+            positions[b, :len(row.tokens)] = torch.tensor(row.positions, dtype=torch.long)
+        self.forward_tokens += sum(len(r.tokens) for r in rows)
+        keep = any(r.keep_kv for r in rows)
+        kwargs: dict[str, Any] = {"input_ids": ids.to(device), "position_ids": (positions + past_len).to(device),
+                                  "use_cache": keep or past_len > 0}
+        if past_len:
+            kwargs["past_key_values"] = _batched_past(rows[0].past, len(rows))
+        if any(r.needs_mask for r in rows):
+            kwargs["attention_mask"] = tree_mask(rows, width, past_len, next(self.model.parameters()).dtype, device)
+        out = self._decoder(**kwargs)
+        if keep:
             for b, row in enumerate(rows):
                 if row.keep_kv:
                     n = row.keep_kv
-                    row.kv = [(layer.keys[b, :, past_max:past_max + n].clone(),
-                               layer.values[b, :, past_max:past_max + n].clone()) for layer in cache.layers]
-        if not scored_positions:
-            return
-        logprobs = F.log_softmax(out.logits.float(), dim=-1)
+                    row.kv = [(layer.keys[b, :, past_len:past_len + n].clone(),
+                               layer.values[b, :, past_len:past_len + n].clone()) for layer in out.past_key_values.layers]
+        hidden = out.last_hidden_state if self._head is not None else out.logits
+        del out
+        self._score(rows, hidden)
+
+    def _score(self, rows: list[Row], hidden: Any) -> None:
+        """Each request's log-prob sum and greedy flag, from the vocabulary projection of the distinct
+        scored positions only."""
+        import torch
+        import torch.nn.functional as F
+
+        slot: dict[tuple[int, int], int] = {}
+        owners: list[int] = []  # per scored token: its request
+        slots: list[int] = []  # per scored token: its row in the projected positions
+        targets: list[int] = []
         for b, row in enumerate(rows):
-            for i, off in row.scored:
-                cols = [column[p] for p in range(off, len(row.tokens))]
-                picked = logprobs[b, cols]
-                target = torch.tensor(self._targets[i], dtype=torch.long, device=picked.device)
-                greedy = bool((picked.argmax(dim=-1) == target).all())
-                self._results[i] = (float(picked.gather(1, target[:, None]).sum()), greedy)
-                if self._progress is not None:
-                    self._progress(1)
+            for i, indices in row.scored:
+                for t, target in zip(indices, self._targets[i], strict=True):
+                    slots.append(slot.setdefault((b, t), len(slot)))
+                    targets.append(target)
+                    owners.append(i)
+        if not slot:
+            return
+        self.projected_positions += len(slot)
+        where = torch.tensor(list(slot), device=hidden.device)
+        picked = hidden[where[:, 0], where[:, 1]]
+        logits = self._head(picked) if self._head is not None else picked
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        slot_index = torch.tensor(slots, device=hidden.device)
+        target = torch.tensor(targets, device=hidden.device)
+        token_logprob = logprobs[slot_index, target]
+        # greedy: the target's log-prob is the largest (amax is several times cheaper than argmax on CPU)
+        token_greedy = token_logprob >= logprobs.amax(dim=-1)[slot_index]
+        requests = sorted(set(owners))
+        local = {i: k for k, i in enumerate(requests)}
+        owner = torch.tensor([local[i] for i in owners], device=hidden.device)
+        sums = torch.zeros(len(requests), dtype=torch.float64, device=hidden.device)
+        sums.index_add_(0, owner, token_logprob.double())
+        misses = torch.zeros(len(requests), dtype=torch.long, device=hidden.device)
+        misses.index_add_(0, owner, (~token_greedy).long())
+        for i, total, miss in zip(requests, sums.tolist(), misses.tolist(), strict=True):
+            self._results[i] = (float(total), miss == 0)
+            if self._progress is not None:
+                self._progress(1)
 
 
-def _stack_past(rows: list[Row], past_max: int, device: Any) -> Any:
-    """A DynamicCache of the rows' cached segments, each row left-aligned and zero-padded to past_max."""
+def tree_mask(rows: list[Row], width: int, past_len: int, dtype: Any, device: Any) -> Any:
+    """[batch, 1, width, past_len + width] additive mask: every token sees the cached prefix and, of its
+    own document, the earlier tokens of branch 0 and of its own branch (padding, document -1, sees only
+    padding)."""
     import torch
+
+    branch = torch.full((len(rows), width), -1, dtype=torch.long)
+    document = torch.full((len(rows), width), -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        branch[b, :len(row.branch)] = torch.tensor(row.branch, dtype=torch.long)
+        document[b, :len(row.tokens)] = torch.tensor(row.segment or [0] * len(row.tokens), dtype=torch.long)
+    index = torch.arange(width)
+    causal = index[None, :] <= index[:, None]  # [query, key]
+    same_document = document[:, None, :] == document[:, :, None]
+    visible = causal[None] & same_document & ((branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None]))
+    visible = torch.cat([torch.ones(len(rows), width, past_len, dtype=torch.bool), visible], dim=-1)
+    mask = torch.zeros(visible.shape, dtype=dtype).masked_fill_(~visible, torch.finfo(dtype).min)
+    return mask[:, None].to(device)
+
+
+def _batched_past(past: Segment, batch: int) -> Any:
+    """A DynamicCache of one cluster prefix for `batch` rows (a broadcast view; the cache copies it once)."""
     from transformers import DynamicCache
 
-    first = next(r.past[0] for r in rows if r.past)
-    layers = []
-    for layer, (k0, v0) in enumerate(first):
-        keys = torch.zeros(len(rows), k0.shape[0], past_max, k0.shape[2], dtype=k0.dtype, device=device)
-        values = torch.zeros(len(rows), v0.shape[0], past_max, v0.shape[2], dtype=v0.dtype, device=device)
-        for b, row in enumerate(rows):
-            at = 0
-            for seg in row.past:
-                k, v = seg[layer]
-                keys[b, :, at:at + k.shape[1]] = k
-                values[b, :, at:at + k.shape[1]] = v
-                at += k.shape[1]
-        layers.append((keys, values))
-    return DynamicCache(ddp_cache_data=layers)
+    return DynamicCache(ddp_cache_data=[(k[None].expand(batch, -1, -1, -1), v[None].expand(batch, -1, -1, -1))
+                                        for k, v in past])
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any]:
+    """The model's decoder stack and its vocabulary projection when logits are exactly head(last hidden
+    state) (checked on a two-token probe), so that only scored positions are projected; otherwise the
+    whole model and None (full logits)."""
+    import torch
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is None or decoder is model or head is None:
+        return model, None
+    device = next(model.parameters()).device
+    probe = torch.tensor([[1, 2]], device=device)
+    with torch.inference_mode():
+        want = model(input_ids=probe, use_cache=False).logits
+        got = head(decoder(input_ids=probe, use_cache=False).last_hidden_state)
+    if want.shape != got.shape or not torch.allclose(want.float(), got.float(), atol=1e-4, rtol=1e-4):
+        return model, None
+    return decoder, head
 
 
 def _kv_bytes_per_token(model: Any) -> int:
