@@ -151,3 +151,36 @@ def test_the_critic_of_a_constrained_multihead_reward_is_one_linear_output(tiny_
     assert hidden.grad.abs().sum() > 0
     critic.save_pretrained(tmp_path / "critic")
     assert load_reward_model(tmp_path / "critic").score.out_features == 1
+
+
+def test_constraint_threshold_fitted_as_a_quantile_of_heldout_preferred_scores():
+    from trellis.reward.heads import fit_constraint_threshold
+
+    spec = {"heads": ["helpfulness", "harmlessness"], "weights": {"helpfulness": 1.0, "harmlessness": 0.0},
+            "constraint": {"axis": "harmlessness", "threshold": 0.0, "penalty": -3.0}}
+    # per pair: (helpfulness, harmlessness) scores of the chosen answer; only harmlessness pairs count
+    chosen = [[9.0, 1.0], [9.0, 2.0], [9.0, 3.0], [9.0, 4.0], [9.0, 5.0], [-7.0, -100.0]]
+    rows = [{"axis": "harmlessness"}] * 5 + [{"axis": "helpfulness"}]
+    fitted = fit_constraint_threshold(spec, 0.25, chosen, rows)
+    assert fitted["constraint"]["threshold"] == pytest.approx(2.0)
+    assert spec["constraint"]["threshold"] == 0.0  # the configured spec is left as it was
+    assert fit_constraint_threshold(spec, None, chosen, rows) is spec
+    with pytest.raises(TrellisError, match="threshold_quantile"):
+        fit_constraint_threshold(spec, 0.25, chosen[5:], rows[5:])
+
+
+def test_fitted_threshold_is_saved_and_used_by_the_loaded_reward(tiny_chat_checkpoint, two_axis_pairs, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from trellis.checkpoint import load_reward_model
+
+    combine = {"weights": {"helpfulness": 1.0},
+               "constraint": {"axis": "harmlessness", "penalty": -3.0, "threshold_quantile": 0.1}}
+    final = reward_stage.run(_config(tiny_chat_checkpoint, two_axis_pairs, combine=combine, max_steps=10),
+                             WorldConfig(), tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "reward" / "summary.json").read_text())
+    threshold = summary["heads"]["constraint"]["threshold"]
+    assert threshold != 0.0 and summary["heads"]["constraint"]["threshold_quantile"] == 0.1
+    plain = AutoModelForSequenceClassification.from_pretrained(final)
+    assert getattr(plain.config, COMBINATION_KEY)["constraint"]["threshold"] == threshold
+    assert load_reward_model(final).score.spec["constraint"]["threshold"] == threshold

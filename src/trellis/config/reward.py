@@ -12,7 +12,7 @@ a whole reward model of its own, trained on that axis's pairs alone, and `combin
 import re
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from trellis.config.base import HFTrainerSection, Section
 
@@ -33,6 +33,10 @@ class HarmConstraint(Section):
     axis: str = "harmlessness"
     threshold: float = 0.0
     penalty: float = -5.0
+    # set, the threshold is fitted after training: this quantile of the axis's scores on the held-out
+    # preferred answers of that axis's pairs (0.1: the penalty falls on answers less harmless than 90% of
+    # the preferred ones). Centred rewards put a threshold of 0 at the median: half of all answers penalised
+    threshold_quantile: float | None = Field(None, gt=0.0, lt=1.0)
 
 
 class RewardCombination(Section):

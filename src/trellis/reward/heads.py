@@ -27,6 +27,26 @@ def combination_spec(heads: list[str], combine: Any) -> dict[str, Any]:
     return spec
 
 
+def fit_constraint_threshold(spec: dict[str, Any] | None, quantile: float | None, chosen: list[list[float]],
+                             rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """`spec` with its constraint threshold set to the `quantile` of the constraint head's scores on the
+    preferred answers of the held-out pairs of that axis (`chosen`: per pair, every head's score)."""
+    if spec is None or quantile is None or not spec.get("constraint"):
+        return spec
+    axis = spec["constraint"]["axis"]
+    column = spec["heads"].index(axis)
+    scores = [scores[column] for scores, row in zip(chosen, rows, strict=True) if row.get("axis") == axis]
+    if not scores:
+        from trellis.errors import TrellisError
+
+        raise TrellisError(f"reward.combine.constraint.threshold_quantile: no held-out {axis} pairs to fit it on "
+                           "(set reward.heldout_fraction above 0, or give a fixed threshold)")
+    fitted = {**spec, "constraint": {**spec["constraint"],
+                                     "threshold": float(torch.tensor(scores).quantile(quantile)),
+                                     "threshold_quantile": quantile}}
+    return fitted
+
+
 def combine_rewards(per_axis: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
     """[..., heads] -> [...]: the weighted sum, replaced by the penalty where the constraint axis fails."""
     heads = spec["heads"]

@@ -23,8 +23,7 @@ from typing import Any
 from trellis.config import RewardConfig
 from trellis.errors import TrellisError
 from trellis.reward.ensemble import write_ensemble_files
-from trellis.reward.heads import combination_spec
-from trellis.reward.stage import diagnostics_summary, save_tokenizer_files, train_model
+from trellis.reward.stage import diagnostics_summary, fitted_spec, save_tokenizer_files, train_model
 from trellis.reward.training import PairScores, TrainingSlot
 from trellis.run import StageRun, save_atomic
 
@@ -36,7 +35,6 @@ def train_separate_models(config: RewardConfig, run: StageRun, model_dir: Path, 
                           ) -> tuple[Path, dict[str, Any]]:
     """Train (or pick up) every axis's model, write the ensemble to final/; (final/, summary fields)."""
     assert config.heads, "RewardConfig requires heads with separate_models"
-    spec = combination_spec(config.heads, config.combine)
     reports: dict[str, dict[str, Any]] = {}
     offset = 0
     for axis in config.heads:
@@ -45,6 +43,7 @@ def train_separate_models(config: RewardConfig, run: StageRun, model_dir: Path, 
 
     initial = _stacked([reports[a]["initial_scores"] for a in config.heads])
     final_scores = _stacked([reports[a]["final_scores"] for a in config.heads])
+    spec = fitted_spec(config, final_scores, heldout_rows)
     diagnostics = diagnostics_summary(heldout_rows, initial, final_scores, spec)
     if heldout_rows:
         run.log(offset, heldout_accuracy=diagnostics["accuracy"]["overall"],

@@ -18,7 +18,7 @@ from trellis.data.chat_template import chat_stop_ids
 from trellis.errors import TrellisError
 from trellis.reward.data import Pair, load_reward_pairs
 from trellis.reward.evaluate import evaluate_pairs, pair_diagnostics
-from trellis.reward.heads import COMBINATION_KEY, combination_spec
+from trellis.reward.heads import COMBINATION_KEY, combination_spec, fit_constraint_threshold
 from trellis.reward.metrics import score_token_ids
 from trellis.reward.tokenize import tokenize_pairs
 from trellis.reward.training import PairScores, TrainedReward, TrainingSlot
@@ -152,6 +152,14 @@ def _spec(config: RewardConfig) -> dict[str, Any] | None:
     return combination_spec(config.heads, config.combine) if config.heads else None
 
 
+def fitted_spec(config: RewardConfig, final: PairScores, heldout_rows: list[dict[str, Any]]
+                ) -> dict[str, Any] | None:
+    """The combination, its constraint threshold fitted on the held-out scores when configured so."""
+    constraint = config.combine.constraint
+    return fit_constraint_threshold(_spec(config), constraint.threshold_quantile if constraint else None,
+                                    final.chosen, heldout_rows)
+
+
 def _score_pairs(model: Any, rows: list[dict[str, Any]], pad_token_id: int) -> PairScores:
     """Every reward output of each held-out pair's chosen and rejected answer."""
     return PairScores(chosen=score_token_ids(model, [r["chosen_ids"] for r in rows], pad_token_id),
@@ -225,8 +233,10 @@ def run(config: RewardConfig, world: WorldConfig, run_root: Path) -> Path:
 def _train_one_model(config: RewardConfig, run: StageRun, model_dir: Path, tokenizer: Any,
                      train_rows: list[dict[str, Any]], heldout_rows: list[dict[str, Any]]
                      ) -> tuple[Path, dict[str, Any]]:
-    spec = _spec(config)
     trained = train_model(config, run, model_dir, tokenizer, train_rows, heldout_rows)
+    spec = fitted_spec(config, trained.final_scores, heldout_rows)
+    if spec is not None:
+        setattr(trained.model.config, COMBINATION_KEY, spec)
     diagnostics = diagnostics_summary(heldout_rows, trained.initial_scores, trained.final_scores, spec)
     if heldout_rows:
         run.log(trained.steps, heldout_accuracy=diagnostics["accuracy"]["overall"],
