@@ -31,7 +31,9 @@ def test_smollm2_recipe_few_steps(tmp_path, monkeypatch):
     model = smollm2_checkpoint()
     monkeypatch.chdir(REPO)  # the recipe's data paths are relative to the checkout
     # a handful of examples seen twice, so a few steps show the loss falling on a real model
+    # the recipe's sft and reward stages (its GPU-sized rlhf stage is covered by tests/rlhf on tiny models)
     cfg = load_config(REPO / "configs" / "smollm2-hh.yaml", [
+        "stages=[sft, reward]",
         f"sft.model={model}", "sft.max_examples=8", "sft.eval_fraction=0.25", "sft.epochs=3", "sft.batch_size=3",
         "sft.lr=1e-4", "sft.logging_steps=1", "sft.max_length=256",
         "reward.heads=[helpfulness, harmlessness]", "reward.max_length=192", "reward.max_steps=8",
