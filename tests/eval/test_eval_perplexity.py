@@ -27,7 +27,7 @@ def test_uniform_model_has_vocab_size_ppl(tiny):
     with torch.no_grad():
         uniform.lm_head.weight.zero_()
     for stride in (None, 16):
-        out = perplexity(uniform, tok, DOCS, max_length=32, stride=stride, batch_size=3)
+        out = perplexity(uniform, tok, DOCS, max_length=32, stride=stride, batch_tokens=96)
         assert out["ppl"] == pytest.approx(model.config.vocab_size, rel=1e-4)
         n_bytes = sum(len(d.encode()) for d in DOCS)
         assert out["bytes"] == n_bytes and out["documents"] == 2
@@ -60,3 +60,24 @@ def test_named_sets_and_bad_file(tiny, tmp_path):
     assert set(out) == {"file", "docs"} and out["file"]["documents"] == 1
     with pytest.raises(TrellisError, match="missing.txt"):
         perplexity_sets(model, tok, {"x": str(tmp_path / "missing.txt")})
+
+
+def test_forward_passes_stay_within_the_token_budget(tiny):
+    """Windows are batched by tokens (rows x the longest window <= batch_tokens, at least one row), and the
+    result does not depend on the budget."""
+    model, tok = tiny
+    shapes = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                             with_kwargs=True)
+    try:
+        docs = DOCS * 3
+        one_row = perplexity(model, tok, docs, max_length=16, stride=8, batch_tokens=1)
+        assert {rows for rows, _ in shapes} == {1}
+        shapes.clear()
+        budget = perplexity(model, tok, docs, max_length=16, stride=8, batch_tokens=40)
+        assert all(rows * width <= 40 for rows, width in shapes) and max(rows for rows, _ in shapes) > 1
+    finally:
+        handle.remove()
+    assert budget["ppl"] == pytest.approx(one_row["ppl"], rel=1e-5) and budget["tokens"] == one_row["tokens"]
+    with pytest.raises(TrellisError, match="batch_tokens"):
+        perplexity(model, tok, docs, batch_tokens=0)

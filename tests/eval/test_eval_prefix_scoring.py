@@ -235,3 +235,36 @@ def test_documents_are_packed_into_rows_up_to_the_longest():
     mask = tree_mask([row], width=len(row.tokens), past_len=0, dtype=torch.float32, device="cpu")[0, 0] == 0
     segment = torch.tensor(row.segment)
     assert not (mask & (segment[:, None] != segment[None, :])).any()
+
+
+def test_tempered_log_likelihoods_equal_a_plain_forward_at_each_temperature(tiny):
+    """With a temperature grid, each keyed request's score at T is the sum of log softmax(logits / T) at its
+    continuation's tokens (checked against one unshared forward pass per request); T = 1 is the plain score.
+    Keyless requests (rolling perplexity windows) get no grid."""
+    import torch
+
+    from trellis.eval.lm_model import TrellisLM
+
+    model, tok = tiny
+    grid = (0.5, 1.0, 3.0)
+    lm = TrellisLM(model=model, tokenizer=tok, batch_size=4)
+    lm.score_temperatures = grid
+    pairs = _pairs()[:6] + _pairs()[-4:-2]
+    plain = lm.loglikelihood(_instances(pairs), disable_tqdm=True)
+    assert len(lm.tempered_loglikelihoods) == len(pairs)
+    for (context, continuation), (score, _) in zip(pairs, plain, strict=True):
+        got = lm.tempered_loglikelihoods[(context, continuation)]
+        ctx, cont = lm._encode_pair(context, continuation)
+        inp = torch.tensor([(ctx + cont)[-(lm.max_length + 1):][:-1]])
+        with torch.no_grad():
+            logits = model(inp).logits[0, -len(cont):].double()
+        for t, value in zip(grid, got, strict=True):
+            want = torch.log_softmax(logits / t, -1)[torch.arange(len(cont)), torch.tensor(cont)].sum()
+            assert value == pytest.approx(float(want), abs=1e-3)
+        assert got[1] == pytest.approx(score, abs=1e-4)
+    assert got[0] != pytest.approx(got[2], abs=1e-3)
+    before = dict(lm.tempered_loglikelihoods)
+    lm._loglikelihood_tokens([(None, [1, 2, 3], [4, 5])], disable_tqdm=True)
+    assert lm.tempered_loglikelihoods == before and lm.scorer.tempered == []
+    with pytest.raises(TrellisError, match="temperatures must be > 0"):
+        lm.scorer.score([([1, 2], [2])], temperatures=[0.0])

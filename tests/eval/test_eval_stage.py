@@ -59,24 +59,41 @@ def test_eval_stage_rejects_unknown_task_and_bad_model(two_models, tmp_path):
         run(EvalConfig(), WorldConfig(), tmp_path / "r3")
 
 
-def test_eval_stage_calibrates_and_writes_temperature(two_models, tmp_path):
+def test_eval_stage_calibrates_and_writes_temperature(two_models, tmp_path, monkeypatch):
     import shutil
 
     from transformers import GenerationConfig
 
+    from trellis.eval import calibration
+    from trellis.eval.calibration import TOKEN_TEMPERATURES
     from trellis.eval.stage import run
 
     model = tmp_path / "model"
     shutil.copytree(two_models["a"], model)
+    before = GenerationConfig.from_pretrained(model).temperature
     config = EvalConfig(models={"a": str(model)}, tasks=["world_hellaswag", "world_mmlu", "world_truthfulqa_mc2"],
                         limit=6, gold=False, perplexity={}, calibration=True, write_temperature=True)
     out = run(config, WorldConfig(), tmp_path / "run")
     calib = json.loads((out / "summary.json").read_text())["a"]["calibration"]
     # mc2 has several true answers per question: no single gold to calibrate against
-    assert set(calib) == {"temperature", "fit_documents", "world_hellaswag", "world_mmlu", "all"}
+    assert {"world_hellaswag", "world_mmlu", "all"} <= set(calib) and "world_truthfulqa_mc2" not in calib
     assert calib["fit_documents"] + calib["all"]["n"] == 12 and 0 <= calib["all"]["ece"] <= 1
+    assert 0 <= calib["all"]["ece_scaled"] <= 1 and calib["choice_temperature"] > 0
+    assert len(calib["nll_by_temperature"]) == len(TOKEN_TEMPERATURES)
     written = GenerationConfig.from_pretrained(model).temperature
-    assert written == pytest.approx(calib["temperature"], rel=1e-5)
+    if calib["temperature_at_limit"]:  # an edge of the grid is not an optimum: nothing written
+        assert calib["temperature_written"] is False and written == pytest.approx(before)
+    else:
+        assert calib["temperature_written"].endswith("generation_config.json")
+        assert written == pytest.approx(calib["temperature"], rel=1e-5)
+    # forced to the edge: the checkpoint keeps its own temperature
+    monkeypatch.setattr(calibration, "TOKEN_TEMPERATURES", (0.5, 1.0))
+    shutil.copytree(two_models["a"], tmp_path / "model2")
+    config2 = config.model_copy(update={"models": {"a": str(tmp_path / "model2")}})
+    calib2 = json.loads((run(config2, WorldConfig(), tmp_path / "run2") / "summary.json").read_text())["a"]["calibration"]
+    assert calib2["temperature"] in (0.5, 1.0) and calib2["temperature_at_limit"] is True
+    assert calib2["temperature_written"] is False
+    assert GenerationConfig.from_pretrained(tmp_path / "model2").temperature == pytest.approx(before)
     with pytest.raises(ValueError, match="write_temperature"):
         EvalConfig(write_temperature=True)
 

@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from trellis.config.base import Section
 
@@ -46,6 +46,10 @@ class EvalConfig(Section):
     batch_size: int = 16
     # name -> text file for held-out perplexity; "world" adds the world's validation split
     perplexity: dict[str, str] = {"world_val": "world"}
+    # perplexity windows: the model's context length unless set; a forward pass takes as many windows as
+    # fit perplexity_batch_tokens (its logits are that many tokens x the vocabulary, in float32)
+    perplexity_window: int | None = Field(default=None, ge=1)
+    perplexity_batch_tokens: int = Field(default=8192, ge=1)
     # gold helpfulness/harmlessness/honesty of greedy answers to held-out world prompts
     gold: bool = True
     gold_prompts: int = 64

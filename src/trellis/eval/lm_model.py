@@ -79,6 +79,10 @@ class TrellisLM(lm_eval.api.model.TemplateLM):
         self.custom_prefix_token_id = prefix_token_id
         self._engine = engine
         self._scorer: Any = None
+        # token-level temperature scaling (trellis.eval.calibration): with a grid set, every keyed
+        # loglikelihood request's continuation log-likelihood at each temperature, by (context, continuation)
+        self.score_temperatures: tuple[float, ...] | None = None
+        self.tempered_loglikelihoods: dict[tuple[str, str], list[float]] = {}
 
     # -- what lm-eval asks of a model ------------------------------------------------------------------
     @property
@@ -152,12 +156,16 @@ class TrellisLM(lm_eval.api.model.TemplateLM):
             # as HFLM: keep the last max_length+1 tokens, the model sees all but the final one
             token_requests.append(((ctx + cont)[-(max_len + 1):][:-1], cont))
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
+        # rolling windows (perplexity) come without keys: no temperature grid for them
+        grid = self.score_temperatures if any(key is not None for key, _, _ in requests) else None
         with torch.inference_mode():
-            results = self.scorer.score(token_requests, progress=bar.update)
+            results = self.scorer.score(token_requests, progress=bar.update, temperatures=grid)
         bar.close()
-        for (key, _, _), answer in zip(requests, results, strict=True):
+        for i, ((key, _, _), answer) in enumerate(zip(requests, results, strict=True)):
             if key is not None:
                 self.cache_hook.add_partial("loglikelihood", key, answer)
+                if grid:
+                    self.tempered_loglikelihoods[tuple(key)] = self.scorer.tempered[i]
         return results
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:

@@ -66,8 +66,14 @@ def windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int,
 
 
 def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int | None = None,
-               stride: int | None = None, batch_size: int = 8, prefix_id: int | None = None) -> dict[str, Any]:
-    """{"ppl", "bits_per_byte", "nll_per_token", "tokens", "bytes", "documents"} of `texts`."""
+               stride: int | None = None, batch_tokens: int = 8192, prefix_id: int | None = None) -> dict[str, Any]:
+    """{"ppl", "bits_per_byte", "nll_per_token", "tokens", "bytes", "documents"} of `texts`.
+
+    A forward pass takes as many windows as fit `batch_tokens` (rows x the longest window; at least one
+    row): the logits of a pass are batch_tokens x vocabulary floats, so the budget, not a row count, bounds
+    memory whatever the window length (32 rows of 8192 tokens would be 50 GB of logits for SmolLM2)."""
+    if batch_tokens < 1:
+        raise TrellisError(f"perplexity: batch_tokens must be >= 1, got {batch_tokens}")
     import torch
     import torch.nn.functional as F
 
@@ -94,9 +100,11 @@ def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int
     model.eval()
     try:
         with torch.inference_mode():
-            for i in range(0, len(jobs), batch_size):
-                batch = jobs[i:i + batch_size]
-                width = len(batch[0][0])
+            i = 0
+            while i < len(jobs):
+                width = len(jobs[i][0])  # longest first: the first window of a batch sets its width
+                batch = jobs[i:i + max(1, batch_tokens // width)]
+                i += len(batch)
                 inputs = torch.zeros(len(batch), width, dtype=torch.long)
                 labels = torch.full((len(batch), width), -100, dtype=torch.long)
                 mask = torch.zeros(len(batch), width, dtype=torch.long)

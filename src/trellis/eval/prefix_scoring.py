@@ -23,7 +23,7 @@ by length and right-padded. Logits are projected onto the vocabulary only at sco
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,11 +187,20 @@ class PrefixScorer:
         self.packed_rows = 0  # rows holding more than one document
 
     def score(self, requests: list[tuple[list[int], list[int]]],
-              progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
+              progress: Callable[[int], None] | None = None,
+              temperatures: Sequence[float] | None = None) -> list[tuple[float, bool]]:
         """(sum of continuation log-probs, continuation is the greedy decode) per (inp, continuation);
-        the continuation is the target of inp's last len(continuation) positions."""
+        the continuation is the target of inp's last len(continuation) positions.
+
+        With `temperatures`, `self.tempered[i][j]` is also request i's sum of log softmax(logits /
+        temperatures[j]) at its targets: the continuation's log-likelihood had the model sampled at that
+        temperature (what token-level temperature scaling fits)."""
         docs: dict[tuple[int, ...], Document] = {}
         self._targets = [cont for _, cont in requests]
+        self._temperatures = [float(t) for t in temperatures] if temperatures else []
+        if any(t <= 0 for t in self._temperatures):
+            raise TrellisError(f"scoring temperatures must be > 0, got {self._temperatures}")
+        self.tempered: list[list[float] | None] = [None] * len(requests) if self._temperatures else []
         for i, (inp, cont) in enumerate(requests):
             s = len(inp) - len(cont)
             if not cont or s < 0:
@@ -327,10 +336,31 @@ class PrefixScorer:
         sums.index_add_(0, owner, token_logprob.double())
         misses = torch.zeros(len(requests), dtype=torch.long, device=hidden.device)
         misses.index_add_(0, owner, (~token_greedy).long())
-        for i, total, miss in zip(requests, sums.tolist(), misses.tolist(), strict=True):
+        tempered = self._tempered_sums(logits, slot_index, target, owner, len(requests))
+        for k, (i, total, miss) in enumerate(zip(requests, sums.tolist(), misses.tolist(), strict=True)):
             self._results[i] = (float(total), miss == 0)
+            if tempered is not None:
+                self.tempered[i] = tempered[k]
             if self._progress is not None:
                 self._progress(1)
+
+    def _tempered_sums(self, logits: Any, slot_index: Any, target: Any, owner: Any, n: int) -> list[list[float]] | None:
+        """Per request, per temperature: the sum of its targets' log softmax(logits / T)."""
+        import torch
+
+        if not self._temperatures:
+            return None
+        logits = logits.float()
+        picked = logits[slot_index, target]
+        columns = []
+        for t in self._temperatures:
+            # log softmax(z / T)[y] = z_y / T - logsumexp(z / T), the normaliser once per distinct position
+            lse = torch.logsumexp(logits / t, dim=-1)
+            token = picked / t - lse[slot_index]
+            sums = torch.zeros(n, dtype=torch.float64, device=logits.device)
+            sums.index_add_(0, owner, token.double())
+            columns.append(sums)
+        return torch.stack(columns, dim=1).tolist()
 
 
 def tree_mask(rows: list[Row], width: int, past_len: int, dtype: Any, device: Any) -> Any:

@@ -73,11 +73,39 @@ def _scalars(entry: dict[str, Any]) -> dict[str, float]:
     """The headline numbers of a summary entry, for metrics.jsonl and TensorBoard."""
     out = {}
     for key, value in flatten("", entry).items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or ".by_kind." in key:
+        if not isinstance(value, int | float) or isinstance(value, bool) or ".by_kind." in key \
+                or ".nll_by_temperature." in key:
             continue
         if key.startswith("perplexity.") and not key.endswith((".ppl", ".bits_per_byte")):
             continue
         out[key] = float(value)
+    return out
+
+
+def _calibration(config: EvalConfig, checkpoint: str, results: dict[str, Any], samples: dict[str, list],
+                 tasks: list[str], tempered: dict[tuple[str, str], list[float]]) -> dict[str, Any]:
+    """ECE and the fitted temperatures of the multiple-choice tasks; the token temperature written into the
+    checkpoint's generation config when asked and when the fit is an optimum inside the grid."""
+    from trellis.eval.calibration import (
+        calibrate,
+        calibration_items,
+        grid_items_from_samples,
+        items_from_samples,
+        write_temperature,
+    )
+
+    usable = calibration_items(results, samples, tasks)
+    out = calibrate({task: items_from_samples(rows) for task, rows in usable.items()},
+                    {task: grid_items_from_samples(rows, tempered) for task, rows in usable.items()})
+    if out["temperature_at_limit"]:
+        log.warning("calibration: the token temperature %.3g sits at the edge of the fitted range", out["temperature"])
+    if config.write_temperature:
+        if out["temperature_at_limit"]:
+            out["temperature_written"] = False
+            log.warning("calibration: not writing temperature %.3g into %s (at the edge of the range, not an "
+                        "optimum)", out["temperature"], checkpoint)
+        else:
+            out["temperature_written"] = str(write_temperature(checkpoint, out["temperature"]))
     return out
 
 
@@ -102,21 +130,23 @@ def evaluate_model(name: str, checkpoint: str, config: EvalConfig, world_obj: An
         t0 = time.time()
         lm = TrellisLM(model=model, tokenizer=tokenizer, batch_size=config.batch_size,
                        max_gen_toks=config.max_new_tokens)
+        if config.calibration:
+            from trellis.eval.calibration import TOKEN_TEMPERATURES
+
+            lm.score_temperatures = TOKEN_TEMPERATURES
         results = run_lm_eval(lm, tasks, task_dir, limit=config.limit, num_fewshot=config.num_fewshot,
                               fewshot=config.fewshot, log_samples=config.calibration)
         samples = results.pop("samples", None)
         entry.update(metrics_table(results, tasks))
         if config.calibration:
-            from trellis.eval.calibration import calibrate, calibration_items, write_temperature
-
-            entry["calibration"] = calibrate(calibration_items(results, samples or {}, tasks))
-            if config.write_temperature:
-                write_temperature(checkpoint, entry["calibration"]["temperature"])
+            entry["calibration"] = _calibration(config, checkpoint, results, samples or {}, tasks,
+                                                lm.tempered_loglikelihoods)
         timing["tasks_seconds"] = time.time() - t0
         timing["tasks_requests"] = float(sum(v.get("effective", 0) for v in results.get("n-samples", {}).values()))
     if text_sets:
         t0 = time.time()
-        ppl = perplexity_sets(model, tokenizer, text_sets, batch_size=config.batch_size)
+        ppl = perplexity_sets(model, tokenizer, text_sets, max_length=config.perplexity_window,
+                              batch_tokens=config.perplexity_batch_tokens)
         entry["perplexity"] = ppl
         timing["perplexity_seconds"] = time.time() - t0
         timing["perplexity_tokens_per_second"] = sum(r["tokens"] for r in ppl.values()) / max(
