@@ -61,7 +61,7 @@ def test_plain_prompt_files_still_load(tmp_path):
 
 @pytest.mark.parametrize(("lines", "message"), [
     (['{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: a\\n\\nAssistant: c"}', "{oops"],
-     r"pairs.jsonl:2: invalid JSON"),
+     r"pairs.jsonl: line 2: invalid JSON"),
     ([json.dumps(hh_record("a?")), json.dumps({"chosen": transcript("a?", "b")})],
      r"pairs.jsonl:2: expected a comparison pair with 'chosen' and 'rejected'"),
     ([json.dumps(hh_record("a?")), json.dumps({"chosen": "no tags", "rejected": "no tags either"})],

@@ -16,8 +16,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from trellis.data.records import read_records
 from trellis.errors import TrellisError
-from trellis.sft.data import ROLES, read_records
+from trellis.sft.data import ROLES
 
 Pair = dict[str, Any]
 _TURN_RE = re.compile(r"\n\n(Human|Assistant):[ ]?")

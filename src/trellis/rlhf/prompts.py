@@ -10,35 +10,18 @@ Rollouts render a prompt as one user turn, so pair prompts are kept when they ar
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from trellis.data.records import parse_json_lines, read_text
 from trellis.errors import TrellisError
 
 log = logging.getLogger("trellis.rlhf")
 REWARD_HELDOUT = "reward_heldout"
 PAIR_KEYS = ("chosen", "rejected")
-
-
-def _read_jsonl(p: Path) -> list[tuple[int, Any]]:
-    """(line number, value) of every non-empty line of a .jsonl or .jsonl.gz file."""
-    try:
-        text = gzip.decompress(p.read_bytes()).decode("utf-8") if p.name.endswith(".gz") else p.read_text()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise TrellisError(f"{p}: cannot read prompts file ({exc})") from None
-    items = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise TrellisError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
-    return items
 
 
 def _is_pair_record(value: Any) -> bool:
@@ -103,7 +86,7 @@ def load_prompt_file(path: str | Path) -> list[dict[str, Any]]:
                            "json/jsonl path)")
     items: list[Any]
     if p.name.endswith((".jsonl", ".jsonl.gz")):
-        records = _read_jsonl(p)
+        records = parse_json_lines(p, read_text(p, "prompts file"))
         if records and _is_pair_record(records[0][1]) and not isinstance(records[0][1].get("prompt"), str):
             return _pair_file_prompts(p, records)
         items = [value for _, value in records]

@@ -9,71 +9,14 @@ answer is blank is well formed but teaches nothing, and the stage drops and coun
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 from typing import Any
 
+from trellis.data.records import read_records
 from trellis.errors import TrellisError
 
 FORMATS = ("messages", "alpaca", "prompt_completion")
 ROLES = ("system", "user", "assistant", "tool")
-
-
-def _open_text(path: Path) -> str:
-    try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rt", encoding="utf-8") as fh:
-                return fh.read()
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise TrellisError(f"{path}: cannot read data file: {exc}") from None
-
-
-def _array_line_numbers(text: str, count: int) -> list[int]:
-    """Line where each element of a top-level JSON array starts (for error messages)."""
-    decoder = json.JSONDecoder()
-    lines: list[int] = []
-    pos = text.index("[") + 1
-    for _ in range(count):
-        while text[pos] in " \t\r\n,":
-            pos += 1
-        lines.append(text.count("\n", 0, pos) + 1)
-        _, pos = decoder.raw_decode(text, pos)
-    return lines
-
-
-def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) for every record of a .json / .jsonl / .jsonl.gz file."""
-    p = Path(path)
-    if not p.exists():
-        raise TrellisError(f"{p}: data file not found")
-    if p.is_dir():
-        raise TrellisError(f"{p}: expected a .json or .jsonl data file, got a directory")
-    text = _open_text(p)
-    stripped = text.lstrip()
-    if p.name.endswith((".json", ".json.gz")) and stripped.startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TrellisError(f"{p}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-        lines = _array_line_numbers(text, len(items))
-        records = list(zip(lines, items, strict=True))
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise TrellisError(f"{p}: line {number}: invalid JSON ({exc.msg})") from None
-    for number, record in records:
-        if not isinstance(record, dict):
-            raise TrellisError(f"{p}: line {number}: expected a JSON object, got {type(record).__name__}")
-    if not records:
-        raise TrellisError(f"{p}: data file has no records")
-    return records
 
 
 def detect_format(record: dict[str, Any]) -> str | None:
