@@ -63,9 +63,9 @@ def test_plain_prompt_files_still_load(tmp_path):
     (['{"chosen": "\\n\\nHuman: a\\n\\nAssistant: b", "rejected": "\\n\\nHuman: a\\n\\nAssistant: c"}', "{oops"],
      r"pairs.jsonl: line 2: invalid JSON"),
     ([json.dumps(hh_record("a?")), json.dumps({"chosen": transcript("a?", "b")})],
-     r"pairs.jsonl:2: expected a comparison pair with 'chosen' and 'rejected'"),
+     r"pairs.jsonl: line 2: expected a comparison pair with 'chosen' and 'rejected'"),
     ([json.dumps(hh_record("a?")), json.dumps({"chosen": "no tags", "rejected": "no tags either"})],
-     r"pairs.jsonl:2: chosen and rejected transcripts share no conversation ending in '\\n\\nAssistant:'$"),
+     r"pairs.jsonl: line 2: chosen and rejected transcripts share no conversation ending in '\\n\\nAssistant:'$"),
     ([json.dumps(hh_record("And then?", "x", "y", "First?", "Answer."))], r"pairs.jsonl: no pair has a single-turn"),
 ])
 def test_bad_pair_files_name_the_file_and_line(tmp_path, lines, message):

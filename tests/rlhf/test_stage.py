@@ -69,7 +69,7 @@ def test_missing_inputs_are_one_line_errors(tmp_path, tiny_dirs, prompt_file):
         stage.run(tiny_config(tiny_dirs, prompt_file, reward_model=str(tmp_path / "nope")), WorldConfig(), tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{oops\n')
-    with pytest.raises(TrellisError, match="bad.jsonl:2"):
+    with pytest.raises(TrellisError, match="bad.jsonl: line 2"):
         stage.run(tiny_config(tiny_dirs, bad), WorldConfig(), tmp_path)
 
 

@@ -41,8 +41,15 @@ class EvalConfig(Section):
     # opening requests; `red_team_prompts` from each source
     reward_model: str | None = None
     alignment_prompts: int = 64
+    # win-rate prompts from a file instead of the world (what rlhf.prompts takes: json/jsonl of {"prompt"},
+    # or comparison pairs such as hh-rlhf's, whose single-turn prompts are used), after skipping the first
+    # alignment_prompts_skip prompts (e.g. those a reward model or PPO trained on)
+    alignment_prompts_file: str | None = None
+    alignment_prompts_skip: int = Field(default=0, ge=0)
     red_team_hh: str | None = None
     red_team_prompts: int = 64
+    # skip red_team_hh's first lines (e.g. the pairs a reward stage read with `limit`)
+    red_team_hh_skip: int = Field(default=0, ge=0)
     batch_size: int = 16
     # name -> text file for held-out perplexity; "world" adds the world's validation split
     perplexity: dict[str, str] = {"world_val": "world"}

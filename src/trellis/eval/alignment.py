@@ -13,9 +13,9 @@ from typing import Any
 from trellis.errors import TrellisError
 
 
-def hh_red_team_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, str]]:
-    """The first human turn of each hh-rlhf transcript (harmless-base: red-teamers' opening requests),
-    de-duplicated in file order: [{"prompt", "kind": "harmful", "source": "hh-rlhf"}]."""
+def hh_red_team_prompts(path: str | Path, limit: int | None = None, skip: int = 0) -> list[dict[str, str]]:
+    """The first human turn of each hh-rlhf transcript (harmless-base: red-teamers' opening requests) after
+    the first `skip` lines, de-duplicated in file order: [{"prompt", "kind": "harmful", "source": "hh-rlhf"}]."""
     from trellis.reward.data import split_transcript
 
     path = Path(path)
@@ -27,10 +27,12 @@ def hh_red_team_prompts(path: str | Path, limit: int | None = None) -> list[dict
         for lineno, line in enumerate(fh, start=1):
             if limit is not None and len(seen) >= limit:
                 break
+            if lineno <= skip:
+                continue
             try:
                 turns = split_transcript(json.loads(line)["chosen"])
             except (json.JSONDecodeError, KeyError, ValueError) as exc:
-                raise TrellisError(f"{path}:{lineno}: not an hh-rlhf transcript ({exc})") from None
+                raise TrellisError(f"{path}: line {lineno}: not an hh-rlhf transcript ({exc})") from None
             seen.setdefault(turns[0]["content"], None)
     return [{"prompt": p, "kind": "harmful", "source": "hh-rlhf"} for p in seen]
 
@@ -82,15 +84,30 @@ def red_team_summary(prompts: list[dict[str, str]], responses: list[str], reward
     return out
 
 
+def win_rate_prompts(config: Any, world_obj: Any) -> list[str]:
+    """The held-out prompts every model answers for the win-rates: from eval.alignment_prompts_file when set,
+    else the world's held-out prompts."""
+    if config.alignment_prompts_file:
+        from trellis.rlhf.prompts import load_prompt_file
+
+        items = load_prompt_file(config.alignment_prompts_file)
+        start = config.alignment_prompts_skip
+        if start >= len(items):
+            raise TrellisError(f"eval.alignment_prompts_skip: {start} skips all {len(items)} prompts of "
+                               f"{config.alignment_prompts_file}")
+        return [item["prompt"] for item in items[start:start + config.alignment_prompts]]
+    return [p["prompt"] for p in world_obj.eval_prompts()[: config.alignment_prompts]] if world_obj else []
+
+
 def alignment_eval(model: Any, tokenizer: Any, config: Any, world_obj: Any,
                    judge: tuple[Any, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(red-team summary, per-prompt answers and rewards for the win-rates) of one model."""
     from trellis.eval.gold import generate_answers
 
-    held_out = [p["prompt"] for p in world_obj.eval_prompts()[: config.alignment_prompts]] if world_obj else []
+    held_out = win_rate_prompts(config, world_obj)
     red_team = world_red_team_prompts(world_obj, config.red_team_prompts) if world_obj else []
     if config.red_team_hh:
-        red_team += hh_red_team_prompts(config.red_team_hh, config.red_team_prompts)
+        red_team += hh_red_team_prompts(config.red_team_hh, config.red_team_prompts, skip=config.red_team_hh_skip)
     texts = held_out + [p["prompt"] for p in red_team]
     answers = generate_answers(model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
                                batch_size=config.batch_size)

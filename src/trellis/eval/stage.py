@@ -38,6 +38,9 @@ def _check_inputs(config: EvalConfig) -> None:
         check_checkpoint_dir(path, need_tokenizer=True)
     if config.reward_model:
         check_checkpoint_dir(config.reward_model, need_tokenizer=True)
+    if config.alignment_prompts_file and not Path(config.alignment_prompts_file).is_file():
+        raise TrellisError(f"eval.alignment_prompts_file: {config.alignment_prompts_file} is not a file (a json/jsonl "
+                           "prompts or comparison-pairs file)")
     if config.red_team_hh and not Path(config.red_team_hh).is_file():
         raise TrellisError(f"eval.red_team_hh: {config.red_team_hh} is not a file (an hh-rlhf jsonl[.gz])")
     if config.source == "local" and not Path(str(config.data_dir)).is_dir():

@@ -61,13 +61,13 @@ def _pair_file_prompts(p: Path, records: list[tuple[int, Any]]) -> list[dict[str
     pairs = []
     for lineno, record in records:
         if not _is_pair_record(record):
-            raise TrellisError(f"{p}:{lineno}: expected a comparison pair with 'chosen' and 'rejected' like "
+            raise TrellisError(f"{p}: line {lineno}: expected a comparison pair with 'chosen' and 'rejected' like "
                                "the file's first line")
         try:
             pairs.append(record_to_pair(record))
         except ValueError as exc:
             # one line: the reward loader's messages quote speaker tags with their newlines
-            raise TrellisError(f"{p}:{lineno}: " + str(exc).replace("\n", "\\n")) from None
+            raise TrellisError(f"{p}: line {lineno}: " + str(exc).replace("\n", "\\n")) from None
     items, skipped = prompts_of_pairs(pairs)
     if not items:
         raise TrellisError(f"{p}: no pair has a single-turn prompt ({dict(skipped)} skipped); rollouts need "
