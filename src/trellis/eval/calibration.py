@@ -29,8 +29,10 @@ from trellis.errors import TrellisError
 Item = tuple[list[float], int]  # (log-likelihood per choice, gold index)
 GridItem = tuple[list[list[float]], int]  # (per choice, its log-likelihood at each token temperature; gold)
 T_RANGE = (0.01, 1000.0)
-# token temperatures each choice is rescored at: 2^(k/8), 0.25 .. 4, with 1.0 exactly on the grid
-TOKEN_TEMPERATURES = tuple(2.0 ** (k / 8) for k in range(-16, 17))
+# token temperatures each choice is rescored at: 2^(k/4), 0.25 .. 4 in steps of 19%, with 1.0 exactly on
+# the grid (each point costs an exp over the vocabulary at every scored position: 17 points add ~30% to a
+# HellaSwag run of SmolLM2 on CPU)
+TOKEN_TEMPERATURES = tuple(2.0 ** (k / 4) for k in range(-8, 9))
 
 
 def items_from_samples(samples: list[dict[str, Any]]) -> list[Item]:
