@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trellis.config.base import Section
 from trellis.config.sft import SampleGenerations
@@ -45,9 +45,16 @@ class RLHFConfig(Section):
     value_lr: float | None = None
     kl_coef: float = 0.1
     kl_estimator: Literal["k1", "k3"] = "k1"
-    adaptive_kl: bool = False
-    target_kl: float = 6.0
-    kl_horizon: int = 10000
+    # the KL coefficient (trellis.rlhf.kl), against the per-answer KL to the reference (nats summed over the
+    # answer): false = kl_coef fixed; true = Ziegler et al. 2019: steered towards target_kl with horizon
+    # kl_horizon (episodes); "ceiling" = target_kl is a limit: kl_coef is the floor, the coefficient rises
+    # each update the KL is over half of target_kl (up to x1.25 at target_kl, 5x faster than it falls) and
+    # doubles on any step over target_kl (kl_horizon does not apply)
+    adaptive_kl: bool | Literal["ceiling"] = False
+    target_kl: float = Field(default=6.0, gt=0)
+    # adaptive_kl true: episodes over which a KL off target changes the coefficient by ~20% (Ziegler). A fixed
+    # 10000 barely moves it on a short run; "auto" = the run's episodes (steps x rollout_batch_size) / 10
+    kl_horizon: int | Literal["auto"] = 10000
     gamma: float = 1.0
     lam: float = 0.95
     cliprange: float = 0.2
@@ -102,6 +109,20 @@ class RLHFConfig(Section):
     # the reward model, at step 0, every `every` steps and at the end: samples.jsonl, TensorBoard and the
     # summary's samples_initial / samples_final (trellis.rlhf.samples). null: none
     samples: SampleGenerations | None = None
+
+    @field_validator("kl_horizon")
+    @classmethod
+    def _kl_horizon_is_positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("a positive number of episodes or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _adaptive_kl_needs_a_coefficient_to_scale(self) -> "RLHFConfig":
+        if self.adaptive_kl is not False and self.kl_coef <= 0:
+            raise ValueError(f"kl_coef: adaptive_kl {self.adaptive_kl!r} scales the coefficient, so it needs "
+                             f"kl_coef > 0 (got {self.kl_coef})")
+        return self
 
     @model_validator(mode="after")
     def _value_head_options_need_a_value_head(self) -> "RLHFConfig":

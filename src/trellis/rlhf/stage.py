@@ -177,6 +177,8 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
             "reward_mean_final": reward_final,
             "kl_final": _summary(history, "kl_mean")[1],
             "kl_coef_final": trainer.kl_ctl.value,
+            "kl_coef_max": max((h["kl_coef"] for h in history if "kl_coef" in h), default=None),
+            "kl_horizon": getattr(trainer.kl_ctl, "horizon", None),
             "response_length_final": _summary(history, "response_length")[1],
             "gold_score_sampled_initial": gold_sampled_initial,
             "gold_score_sampled_final": gold_sampled_final,

@@ -12,7 +12,7 @@ import torch
 
 from trellis.config.rlhf import RLHFConfig
 from trellis.rlhf import ppo
-from trellis.rlhf.kl import make_kl_controller
+from trellis.rlhf.kl import make_kl_controller, resolve_kl_horizon
 from trellis.rlhf.monitor import RewardHackingMonitor
 from trellis.rlhf.prompts import PromptOrder
 from trellis.rlhf.rollout import (
@@ -68,7 +68,9 @@ class PPOTrainer:
             value_model.eval()
             self.value_optim = torch.optim.AdamW(value_model.parameters(), lr=value_lr, eps=1e-5)
         self.policy_optim = torch.optim.AdamW(groups, lr=config.lr, eps=1e-5)
-        self.kl_ctl = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl, config.kl_horizon)
+        self.kl_ctl = make_kl_controller(config.kl_coef, config.adaptive_kl, config.target_kl,
+                                         resolve_kl_horizon(config.kl_horizon, config.steps,
+                                                            config.rollout_batch_size))
         self.order = PromptOrder(len(prompts), config.seed)
         self.monitor = RewardHackingMonitor(config.hacking_window, config.hacking_gold_drop)
         self.step = 0
