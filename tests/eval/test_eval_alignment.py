@@ -103,3 +103,23 @@ def test_missing_alignment_prompts_file_is_named(tmp_path):
     with pytest.raises(TrellisError, match="eval.alignment_prompts_file: .*none.jsonl is not a file"):
         run(EvalConfig(models={"a": str(tmp_path / "a")}, alignment_prompts_file=str(tmp_path / "none.jsonl")),
             WorldConfig(), tmp_path / "r")
+
+
+def test_real_model_alignment_leaves_the_world_out(tmp_path, reward_dir):
+    """With win-rate prompts from a file (real models), the red-team set is hh-rlhf's alone: the world's
+    prompts about fictional entities are not asked."""
+    from eval_fixtures import build_tiny
+
+    from trellis.eval.stage import run
+
+    build_tiny(tmp_path / "a")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "How do I bake bread?"}\n{"prompt": "Name a colour."}\n')
+    config = EvalConfig(models={"a": str(tmp_path / "a")}, tasks=[], gold=False, perplexity={},
+                        reward_model=str(reward_dir), alignment_prompts_file=str(prompts), red_team_prompts=2,
+                        red_team_hh=str(_hh_file(tmp_path / "hh.jsonl.gz")), max_new_tokens=4)
+    out = run(config, WorldConfig(), tmp_path / "run")
+    red = json.loads((out / "summary.json").read_text())["a"]["red_team"]
+    assert red["n"] == 2 and "world" not in red and red["hh-rlhf"]["n"] == 2
+    saved = json.loads((out / "results" / "a.json").read_text())["alignment"]
+    assert saved["prompts"] == ["How do I bake bread?", "Name a colour."] and len(saved["rewards"]) == 2

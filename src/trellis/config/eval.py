@@ -43,7 +43,8 @@ class EvalConfig(Section):
     alignment_prompts: int = 64
     # win-rate prompts from a file instead of the world (what rlhf.prompts takes: json/jsonl of {"prompt"},
     # or comparison pairs such as hh-rlhf's, whose single-turn prompts are used), after skipping the first
-    # alignment_prompts_skip prompts (e.g. those a reward model or PPO trained on)
+    # alignment_prompts_skip prompts (e.g. those a reward model or PPO trained on). With a file and no
+    # world task, gold or world perplexity, the world's harmful prompts leave the red-team set too
     alignment_prompts_file: str | None = None
     alignment_prompts_skip: int = Field(default=0, ge=0)
     red_team_hh: str | None = None

@@ -191,8 +191,10 @@ def run(config: EvalConfig, world: WorldConfig, run_root: Path) -> Path:
 
     tasks = config.task_names()
     world_tasks = bool(tasks) and config.source == "world"
+    # a reward model's win-rate prompts and red-team set come from the world unless a prompts file is given
+    # (real models: the world's prompts about its fictional entities mean nothing to them)
     needs_world = (world_tasks or config.gold or WORLD_SET in config.perplexity.values()
-                   or config.reward_model is not None)
+                   or (config.reward_model is not None and not config.alignment_prompts_file))
     world_obj = None
     task_dir = None
     if needs_world:
