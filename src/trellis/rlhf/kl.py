@@ -33,7 +33,22 @@ def resolve_kl_horizon(horizon: int | str, steps: int, rollout_batch_size: int) 
     return horizon
 
 
-class FixedKLController:
+class _ControllerState:
+    """state_dict / load_state_dict over the attributes named in `_STATE` (name -> type); a key missing
+    from an older checkpoint keeps the configured value, except `value`, which must be there."""
+
+    _STATE: dict[str, type] = {"value": float}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+        for name, kind in self._STATE.items():
+            setattr(self, name, kind(state.get(name, getattr(self, name))))
+
+
+class FixedKLController(_ControllerState):
     """A constant KL coefficient."""
 
     def __init__(self, kl_coef: float):
@@ -42,19 +57,15 @@ class FixedKLController:
     def update(self, current_kl: float, n_steps: int) -> None:
         del current_kl, n_steps
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value = float(state["value"])
-
-
-class AdaptiveKLController:
+class AdaptiveKLController(_ControllerState):
     """Steers the coefficient so the measured KL tracks `target`.
 
     e = clip(KL / target - 1, -0.2, 0.2); beta <- beta * (1 + e * n_steps / horizon), where n_steps is the
     number of episodes since the last update (Ziegler et al. 2019, section 2.2).
     """
+
+    _STATE = {"value": float, "target": float, "horizon": int}
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
         if target <= 0 or horizon <= 0:
@@ -67,16 +78,8 @@ class AdaptiveKLController:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "target": self.target, "horizon": self.horizon}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value = float(state["value"])
-        self.target = float(state.get("target", self.target))
-        self.horizon = int(state.get("horizon", self.horizon))
-
-
-class CeilingKLController:
+class CeilingKLController(_ControllerState):
     """Treats `target` as a ceiling the KL should stay under, not a value to reach.
 
     Ziegler's multiplicative update towards setpoint s = CEILING_SETPOINT x target, per PPO update rather
@@ -85,6 +88,8 @@ class CeilingKLController:
     ceiling); a step whose KL is over the ceiling multiplies it by CEILING_OVERSHOOT_FACTOR instead. The
     initial coefficient is a floor: below the setpoint the policy moves as freely as with a fixed kl_coef.
     """
+
+    _STATE = {"value": float, "floor": float, "target": float}
 
     def __init__(self, init_kl_coef: float, target: float):
         if target <= 0 or init_kl_coef <= 0:
@@ -100,14 +105,6 @@ class CeilingKLController:
             return
         error = min(max(current_kl / (CEILING_SETPOINT * self.target) - 1.0, -0.2), 1.0)
         self.value = max(self.floor, self.value * (1.0 + CEILING_GAIN * error))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "floor": self.floor, "target": self.target}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value = float(state["value"])
-        self.floor = float(state.get("floor", self.floor))
-        self.target = float(state.get("target", self.target))
 
 
 KLController = FixedKLController | AdaptiveKLController | CeilingKLController
