@@ -322,8 +322,8 @@ class PrefixScorer:
         self.projected_positions += len(slot)
         where = torch.tensor(list(slot), device=hidden.device)
         picked = hidden[where[:, 0], where[:, 1]]
-        logits = self._head(picked) if self._head is not None else picked
-        logprobs = F.log_softmax(logits.float(), dim=-1)
+        logits = (self._head(picked) if self._head is not None else picked).float()
+        logprobs = F.log_softmax(logits, dim=-1)
         slot_index = torch.tensor(slots, device=hidden.device)
         target = torch.tensor(targets, device=hidden.device)
         token_logprob = logprobs[slot_index, target]
@@ -345,12 +345,11 @@ class PrefixScorer:
                 self._progress(1)
 
     def _tempered_sums(self, logits: Any, slot_index: Any, target: Any, owner: Any, n: int) -> list[list[float]] | None:
-        """Per request, per temperature: the sum of its targets' log softmax(logits / T)."""
+        """Per request, per temperature: the sum of its targets' log softmax(logits / T) (logits in float32)."""
         import torch
 
         if not self._temperatures:
             return None
-        logits = logits.float()
         top = logits.amax(dim=-1)
         # log softmax(z / T)[y] = (z_y - max z) / T - log sum exp((z - max z) / T): the shifted logits once,
         # then one multiply-exp-sum per temperature into a reused buffer (3x faster than logsumexp(z / T))

@@ -101,14 +101,11 @@ def _calibration(config: EvalConfig, checkpoint: str, results: dict[str, Any], s
     out = calibrate({task: items_from_samples(rows) for task, rows in usable.items()},
                     {task: grid_items_from_samples(rows, tempered) for task, rows in usable.items()})
     if out["temperature_at_limit"]:
-        log.warning("calibration: the token temperature %.3g sits at the edge of the fitted range", out["temperature"])
+        log.warning("calibration: the token temperature %.3g sits at the edge of the fitted range (not an optimum%s)",
+                    out["temperature"], f"; not written into {checkpoint}" if config.write_temperature else "")
     if config.write_temperature:
-        if out["temperature_at_limit"]:
-            out["temperature_written"] = False
-            log.warning("calibration: not writing temperature %.3g into %s (at the edge of the range, not an "
-                        "optimum)", out["temperature"], checkpoint)
-        else:
-            out["temperature_written"] = str(write_temperature(checkpoint, out["temperature"]))
+        out["temperature_written"] = (not out["temperature_at_limit"]
+                                      and str(write_temperature(checkpoint, out["temperature"])))
     return out
 
 
