@@ -91,3 +91,53 @@ def test_bf16_scoring_and_update_share_their_arithmetic(make_config, tiny_dirs, 
     # (scored in fp32 instead, approx_kl is about 1e-4 here)
     assert metrics["approx_kl"] < 1e-6 and metrics["clip_fraction"] == 0.0
     assert abs(metrics["ratio_mean"] - 1.0) < 1e-3
+
+
+
+@pytest.mark.parametrize("value_model", ["reward", "policy_head"])
+def test_fused_scoring_pass_trains_as_the_separate_scoring_pass(make_config, tiny_dirs, prompt_texts, value_model):
+    """fuse_scoring_pass takes the old log-probs, values and entropy from the first epoch's own forward
+    pass: the same training as scoring them in a separate pass, up to float rounding."""
+    options = dict(rollout_batch_size=6, minibatch_size=6, micro_batch_size=4, ppo_epochs=2, lr=1e-3,
+                   entropy_coef=0.01, value_model=value_model)
+    runs = {}
+    for fused in (False, True):
+        trainer = _trainer(make_config, tiny_dirs, prompt_texts, fuse_scoring_pass=fused, **options)
+        history = [trainer.train_step() for _ in range(2)]
+        critic = trainer.value_model if trainer.value_head is None else trainer.value_head
+        weights = [p.detach().clone() for p in [*trainer.policy.parameters(), *critic.parameters()]]
+        runs[fused] = (history, weights)
+    (plain, plain_weights), (fused, fused_weights) = runs[False], runs[True]
+    initial = _trainer(make_config, tiny_dirs, prompt_texts, **options).policy.parameters()
+    moved = max(float((a - b.detach()).abs().max()) for a, b in zip(plain_weights, initial, strict=False))
+    assert moved > 1e-4  # training changed the weights, so equal weights below mean equal training
+    for a, b in zip(plain_weights, fused_weights, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    for key in ("reward_mean", "kl_mean", "entropy", "value_mean", "policy_loss", "value_loss", "approx_kl"):
+        for p, f in zip(plain, fused, strict=True):
+            assert f[key] == pytest.approx(p[key], rel=1e-3, abs=1e-5), key
+
+
+def test_fused_scoring_skips_the_policy_and_starts_at_ratio_one(make_config, tiny_dirs, prompt_texts):
+    trainer = _trainer(make_config, tiny_dirs, prompt_texts, fuse_scoring_pass=True, rollout_batch_size=4,
+                       minibatch_size=4, micro_batch_size=2, ppo_epochs=1)
+
+    def no_policy(*_):
+        raise AssertionError("the policy ran in a scoring pass that fuse_scoring_pass leaves to the update")
+
+    hook = trainer.policy.model.register_forward_pre_hook(no_policy)
+    responses = [[11, 12, 13], [14, 15]]
+    batch = score_rollout(trainer.policy, trainer.ref_policy, trainer.value_model, trainer.reward_model,
+                          trainer.tokenizer, prompt_texts[:2], trainer.prompt_ids[:2], responses, [False] * 2,
+                          0.7, torch.device("cpu"), policy_pass=False)
+    hook.remove()
+    assert batch.logprobs.abs().sum() == 0 and batch.ref_logprobs.abs().sum() > 0
+    metrics = trainer.train_step()
+    # old log-probs are the first pass's own outputs, detached: the one epoch's ratio is exactly 1
+    assert metrics["ratio_mean"] == 1.0 and metrics["approx_kl"] == 0.0 and metrics["clip_fraction"] == 0.0
+    assert metrics["entropy"] > 0 and metrics["value_mean"] != 0.0
+
+
+def test_fused_scoring_needs_one_minibatch_per_rollout(make_config):
+    with pytest.raises(ValueError, match="fuse_scoring_pass needs one minibatch per rollout"):
+        make_config(fuse_scoring_pass=True, rollout_batch_size=8, minibatch_size=4)

@@ -33,6 +33,12 @@ class RLHFConfig(Section):
     # rows per forward/backward inside a minibatch (gradient accumulation); rows are sorted by length so
     # each micro-batch is padded only to its own longest row (less padding, same gradient)
     micro_batch_size: int = 8
+    # when one minibatch is the whole rollout (minibatch_size >= rollout_batch_size), the first PPO epoch's
+    # forward pass runs under the rollout's policy, so it also gives the old log-probs, values and entropy:
+    # the separate scoring forward of the policy (and of a separate value model) is skipped, and the first
+    # ratio is exactly 1. Cost: the activations of every micro-batch of the rollout are held at once
+    # (the advantages need all values before the first backward)
+    fuse_scoring_pass: bool = False
     # forward/backward precision of rollout scoring and the update (bf16: autocast over fp32 master
     # weights; on CPUs with AMX its matmuls run ~4x faster). Old and new log-probs share it.
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -122,6 +128,13 @@ class RLHFConfig(Section):
         if self.adaptive_kl is not False and self.kl_coef <= 0:
             raise ValueError(f"kl_coef: adaptive_kl {self.adaptive_kl!r} scales the coefficient, so it needs "
                              f"kl_coef > 0 (got {self.kl_coef})")
+        return self
+
+    @model_validator(mode="after")
+    def _fused_scoring_needs_one_minibatch(self) -> "RLHFConfig":
+        if self.fuse_scoring_pass and self.minibatch_size < self.rollout_batch_size:
+            raise ValueError(f"fuse_scoring_pass needs one minibatch per rollout: minibatch_size "
+                             f"({self.minibatch_size}) >= rollout_batch_size ({self.rollout_batch_size})")
         return self
 
     @model_validator(mode="after")

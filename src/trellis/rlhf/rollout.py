@@ -279,11 +279,13 @@ def reference_of(policy: Any, ref_policy: Any):
 def score_rollout(policy: Any, ref_policy: Any, value_model: Any, reward_model: Any, tokenizer: Any,
                   prompt_texts: list[str], prompt_ids: list[list[int]], response_ids: list[list[int]],
                   ended_with_eos: list[bool], temperature: float, device: Any,
-                  forward_batch_size: int = 64, value_head: Any = None) -> Rollout:
+                  forward_batch_size: int = 64, value_head: Any = None, policy_pass: bool = True) -> Rollout:
     """Old log-probs (policy and reference), values, entropy and reward scores of sampled episodes.
 
     With `value_head`, the values come from that head on the policy's hidden states (value_model unused),
-    and those hidden states are kept as extra["value_features"] [B, R, H].
+    and those hidden states are kept as extra["value_features"] [B, R, H]. With `policy_pass` False the
+    policy and value model are not run: log-probs, values and entropy are zeros for the caller to fill
+    (PPO's fused first epoch computes them in its own forward pass).
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sequences = build_sequences(prompt_ids, response_ids, pad_id)
@@ -293,13 +295,16 @@ def score_rollout(policy: Any, ref_policy: Any, value_model: Any, reward_model: 
     for rows in chunks:
         chunk = sequences.select(rows).to(device)
         pad = (0, rlen - chunk.response_tokens.shape[1])
-        hidden, logits = response_hidden_and_logits(policy, chunk)
-        logp, ent = _logprobs_and_entropy(logits, chunk, temperature, True)
-        if value_head is None:
-            value = token_values(value_model, chunk)
+        if not policy_pass:
+            logp = ent = value = torch.zeros_like(chunk.response_mask)
         else:
-            value = head_values(value_head, hidden, chunk)
-            features.append(torch.nn.functional.pad(hidden.float(), (0, 0, *pad)))
+            hidden, logits = response_hidden_and_logits(policy, chunk)
+            logp, ent = _logprobs_and_entropy(logits, chunk, temperature, True)
+            if value_head is None:
+                value = token_values(value_model, chunk)
+            else:
+                value = head_values(value_head, hidden, chunk)
+                features.append(torch.nn.functional.pad(hidden.float(), (0, 0, *pad)))
         with reference_of(policy, ref_policy) as ref_model:
             ref, _ = response_logprobs(ref_model, chunk, temperature)
         logps.append(torch.nn.functional.pad(logp, pad))

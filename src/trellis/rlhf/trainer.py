@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from trellis.rlhf.monitor import RewardHackingMonitor
 from trellis.rlhf.prompts import PromptOrder
 from trellis.rlhf.rollout import (
     Rollout,
+    SequenceBatch,
     length_sorted_chunks,
     policy_outputs,
     response_logprobs,
@@ -30,6 +32,16 @@ log = logging.getLogger("trellis.rlhf")
 STATE_FILE = "trainer_state.pt"
 TIMING_KEYS = ("rollout_tokens_per_s", "episodes_per_s", "update_seconds", "rollout_seconds", "step_seconds",
                "generation_seconds", "update_tokens_per_s")
+
+
+@dataclass
+class MicroOutputs:
+    """A micro-batch's policy outputs, [rows, response_len] each, graphs attached: log-probs, entropy (None
+    when not trained on) and values (None until a separate value model's forward)."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor | None
+    values: torch.Tensor | None
 
 
 class PPOTrainer:
@@ -98,8 +110,9 @@ class PPOTrainer:
         return contextlib.nullcontext()
 
     # -- one PPO iteration ------------------------------------------------------------------------------------
-    def rollout(self, seed_step: int | None = None) -> Rollout:
-        """Sample and score a batch; `seed_step` (default: the current step) picks the sampling seeds."""
+    def rollout(self, seed_step: int | None = None, policy_pass: bool = True) -> Rollout:
+        """Sample and score a batch; `seed_step` (default: the current step) picks the sampling seeds.
+        `policy_pass` False leaves the policy's log-probs, values and entropy to `first_pass`."""
         cfg = self.config
         idx = self.order.take(cfg.rollout_batch_size)
         prompt_ids = [self.prompt_ids[i] for i in idx]
@@ -113,7 +126,8 @@ class PPOTrainer:
         with self.autocast():
             batch = score_rollout(self.policy, self.ref_policy, self.value_model, self.reward_model, self.tokenizer,
                                   texts, prompt_ids, responses, ended, cfg.temperature, self.device,
-                                  forward_batch_size=cfg.forward_batch_size, value_head=self.value_head)
+                                  forward_batch_size=cfg.forward_batch_size, value_head=self.value_head,
+                                  policy_pass=policy_pass)
         batch.generation_seconds = generation_seconds
         batch.extra["items"] = [self.prompts[i] for i in idx]
         return batch
@@ -165,8 +179,10 @@ class PPOTrainer:
         if (self.value_head is not None and cfg.value_warmup_rollouts and self.step == 0
                 and "value_warmup_mse" not in self.meta):
             self.warm_up_value_head()
-        batch = self.rollout()
+        batch = self.rollout(policy_pass=not cfg.fuse_scoring_pass)
         rollout_seconds = time.perf_counter() - step_start
+        update_start = time.perf_counter()
+        first = self.first_pass(batch) if cfg.fuse_scoring_pass else None
         mask = batch.mask
         kl, scores, rewards, kl_coef = self.token_rewards(batch)
         advantages, returns = ppo.compute_gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)
@@ -174,8 +190,7 @@ class PPOTrainer:
             advantages = ppo.masked_whiten(advantages, mask)
         seq_kl = kl.sum(-1)
 
-        update_start = time.perf_counter()
-        stats = self.update(batch, advantages, returns)
+        stats = self.update(batch, advantages, returns, first)
         update_seconds = time.perf_counter() - update_start
         self.kl_ctl.update(float(seq_kl.mean()), cfg.rollout_batch_size)
 
@@ -215,33 +230,79 @@ class PPOTrainer:
         self.history.append({k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)})
         return metrics
 
-    def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+    def policy_forward(self, seq: SequenceBatch, with_entropy: bool) -> MicroOutputs:
+        """The policy's log-probs and entropy of a micro-batch's response tokens, with the values of the
+        shared value head (a separate value model's come from `value_forward`)."""
+        with self.autocast():
+            if self.value_head is None:
+                logp, entropy = response_logprobs(self.policy, seq, self.config.temperature, with_entropy)
+                return MicroOutputs(logp, entropy, None)
+            return MicroOutputs(*policy_outputs(self.policy, seq, self.config.temperature, with_entropy,
+                                                self.value_head))
+
+    def value_forward(self, seq: SequenceBatch) -> torch.Tensor:
+        with self.autocast():
+            return token_values(self.value_model, seq)
+
+    def first_pass(self, batch: Rollout) -> list[tuple[torch.Tensor, MicroOutputs]]:
+        """The first epoch's forward pass over the whole rollout, before any update: its outputs are the
+        old log-probs, values and entropy (written into `batch`), and its graphs are kept for the first
+        epoch's backward (`fuse_scoring_pass`). Returns (rows, outputs) per length-sorted micro-batch."""
+        cfg = self.config
+        lengths = batch.sequences.attention_mask.sum(-1)
+        passes = []
+        for chunk in length_sorted_chunks(lengths, cfg.micro_batch_size):
+            rows = chunk.to(batch.mask.device)
+            seq = batch.sequences.select(rows)
+            rlen = seq.response_tokens.shape[1]
+            out = self.policy_forward(seq, with_entropy=True)
+            if out.values is None:
+                out.values = self.value_forward(seq)
+            batch.logprobs[rows, :rlen] = out.logp.detach().float()
+            batch.entropy[rows, :rlen] = out.entropy.detach().float()
+            batch.values[rows, :rlen] = out.values.detach().float()
+            if cfg.entropy_coef <= 0:
+                out.entropy = None
+            passes.append((rows, out))
+        return passes
+
+    def update(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
+               first: list[tuple[torch.Tensor, MicroOutputs]] | None = None) -> dict[str, float]:
+        """`ppo_epochs` passes of minibatch updates; `first` (from `first_pass`) serves as the first epoch's
+        forward pass (one minibatch: the whole rollout)."""
         cfg = self.config
         n = advantages.shape[0]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * (self.step + 1))
         sums: dict[str, float] = {}
         count = 0
-        for _ in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
+            # drawn in every epoch, so a fused run's later epochs see the same minibatch order as an unfused one
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, cfg.minibatch_size):
                 rows = perm[start : start + cfg.minibatch_size]
-                stats = self.update_minibatch(batch, advantages, returns, rows.to(advantages.device))
+                stats = self.update_minibatch(batch, advantages, returns, rows.to(advantages.device),
+                                              first if epoch == 0 else None)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1
         return {k: v / max(count, 1) for k, v in sums.items()}
 
     def update_minibatch(self, batch: Rollout, advantages: torch.Tensor, returns: torch.Tensor,
-                         rows: torch.Tensor) -> dict[str, float]:
+                         rows: torch.Tensor,
+                         precomputed: list[tuple[torch.Tensor, MicroOutputs]] | None = None) -> dict[str, float]:
         """One optimizer step of the policy and one of the value model on the minibatch `rows`.
 
         The minibatch runs as length-sorted micro-batches with gradient accumulation: each micro-batch is
         padded only to its own longest row, and each loss is weighted by its share of the minibatch's
-        response tokens, so the gradient is the one of the whole minibatch's token mean.
+        response tokens, so the gradient is the one of the whole minibatch's token mean. `precomputed`
+        (the fused first epoch) gives the micro-batches and their forward outputs, graphs attached.
         """
         cfg = self.config
-        lengths = batch.sequences.attention_mask[rows].sum(-1)
-        micro_batches = [rows[m.to(rows.device)] for m in length_sorted_chunks(lengths, cfg.micro_batch_size)]
+        if precomputed is None:
+            lengths = batch.sequences.attention_mask[rows].sum(-1)
+            micro_batches = [(rows[m.to(rows.device)], None) for m in length_sorted_chunks(lengths, cfg.micro_batch_size)]
+        else:
+            micro_batches = precomputed
         total_tokens = batch.mask[rows].sum().clamp(min=1)
         self.policy_optim.zero_grad(set_to_none=True)
         if self.value_optim is not None:
@@ -251,34 +312,28 @@ class PPOTrainer:
         def add(key: str, value: torch.Tensor, weight: torch.Tensor) -> None:
             sums[key] = sums.get(key, 0.0) + float(value.detach()) * float(weight)
 
-        for micro in micro_batches:
+        for micro, out in micro_batches:
             seq = batch.sequences.select(micro)
             rlen = seq.response_tokens.shape[1]
             mask = seq.response_mask
             weight = mask.sum() / total_tokens
-            with self.autocast():
-                if self.value_head is None:
-                    logp, entropy = response_logprobs(self.policy, seq, cfg.temperature,
-                                                      with_entropy=cfg.entropy_coef > 0)
-                else:
-                    logp, entropy, values = policy_outputs(self.policy, seq, cfg.temperature,
-                                                           cfg.entropy_coef > 0, self.value_head)
-            pg = ppo.policy_loss(logp, batch.logprobs[micro, :rlen], advantages[micro, :rlen], mask,
+            if out is None:
+                out = self.policy_forward(seq, with_entropy=cfg.entropy_coef > 0)
+            pg = ppo.policy_loss(out.logp, batch.logprobs[micro, :rlen], advantages[micro, :rlen], mask,
                                  cfg.cliprange)
             loss = pg.loss
-            if entropy is not None:
-                entropy_mean = ppo.masked_mean(entropy, mask)
+            if out.entropy is not None:
+                entropy_mean = ppo.masked_mean(out.entropy, mask)
                 loss = loss - cfg.entropy_coef * entropy_mean
                 add("entropy_update", entropy_mean, weight)
-            if self.value_head is None:
+            old_values, micro_returns = batch.values[micro, :rlen], returns[micro, :rlen]
+            if out.values is None:
+                # a separate value model: the policy's graph is freed before the value model's forward
                 (loss * weight).backward()
-                with self.autocast():
-                    values = token_values(self.value_model, seq)
-            vf = ppo.value_loss(values, batch.values[micro, :rlen], returns[micro, :rlen], mask,
-                                cfg.cliprange_value)
-            if self.value_head is None:
+                vf = ppo.value_loss(self.value_forward(seq), old_values, micro_returns, mask, cfg.cliprange_value)
                 (cfg.vf_coef * vf.loss * weight).backward()
             else:
+                vf = ppo.value_loss(out.values, old_values, micro_returns, mask, cfg.cliprange_value)
                 ((loss + cfg.vf_coef * vf.loss) * weight).backward()
             for key, value in (("policy_loss", pg.loss), ("clip_fraction", pg.clip_fraction),
                                ("approx_kl", pg.approx_kl), ("ratio_mean", pg.ratio_mean),
