@@ -69,16 +69,44 @@ def load_causal_lm(path: str | Path, device: Any = "cpu", dtype: Any = None):
 def load_reward_model(path: str | Path, device: Any = "cpu", dtype: Any = None):
     """A reward model whose forward gives one scalar per sequence (logits [B, 1]).
 
-    Single-head checkpoints load as they are; a multi-head checkpoint (one score output per axis) gets a
+    Single-head checkpoints load as they are (with their likelihood term, trellis.reward.likelihood, when
+    their config names one); a multi-head checkpoint (one score output per axis) gets a
     score layer that returns the combination its config names (trellis.reward.heads); a separate-models
     checkpoint (one model per axis) loads as a RewardEnsemble giving that combination (trellis.reward.ensemble).
     """
     from trellis.reward.ensemble import ensemble_spec, load_ensemble
     from trellis.reward.heads import attach_combined_head
+    from trellis.reward.likelihood import attach_likelihood_term
 
     p = check_checkpoint_dir(path, need_tokenizer=False)
     spec = ensemble_spec(p)
     if spec is not None:
         return load_ensemble(p, spec, lambda member: _load_model("AutoModelForSequenceClassification", member,
                                                                  device, dtype))
-    return attach_combined_head(_load_model("AutoModelForSequenceClassification", p, device, dtype))
+    with _quiet_load_report(likelihood_term_in(p)):
+        model = _load_model("AutoModelForSequenceClassification", p, device, dtype)
+    return attach_likelihood_term(attach_combined_head(model))
+
+
+def likelihood_term_in(path: Path) -> bool:
+    from trellis.reward.likelihood import KEY
+
+    return bool(json.loads((path / "config.json").read_text()).get(KEY))
+
+
+def _quiet_load_report(quiet: bool):
+    """transformers reports the likelihood term's weight as unexpected: expected here, so not shown."""
+    import contextlib
+
+    from transformers.utils import logging as hf_logging
+
+    @contextlib.contextmanager
+    def errors_only():
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(verbosity)
+
+    return errors_only() if quiet else contextlib.nullcontext()

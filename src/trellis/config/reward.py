@@ -62,9 +62,15 @@ class RewardConfig(HFTrainerSection):
     separate_models: bool = False
     # what happens to a pair longer than max_length: "drop" it, or "truncate" the prompt from the left
     over_length: Literal["drop", "truncate"] = "drop"
+    # add alpha x the mean log-probability of the answer's tokens under the model's own backbone (through
+    # its tied embeddings) to the score head's reward, alpha learned (trellis.reward.likelihood): the head
+    # then reads what the model knows. One head only; needs tied embeddings
+    likelihood_term: bool = False
 
     @model_validator(mode="after")
     def _combination_names_heads(self) -> "RewardConfig":
+        if self.likelihood_term and self.heads is not None:
+            raise ValueError("likelihood_term: applies to a one-head reward model (heads is set)")
         if self.heads is None:
             if self.separate_models:
                 raise ValueError("separate_models: needs `heads`, the axes to train one model each for")

@@ -129,6 +129,8 @@ def train_model(config: RewardConfig, run: StageRun, model_dir: Path, tokenizer:
     set_seed(config.seed)  # the score head is freshly initialised: make it the same every run
     model = load_reward_backbone(model_dir, tokenizer.pad_token_id, slot.labels or config.heads)
     model.to(resolve_device(config.device))  # the initial held-out scoring runs where training will
+    if config.likelihood_term and member is None:
+        attach_term(model, tokenizer, train_rows)
     spec = None if member is not None else _spec(config)
     if spec is not None:
         setattr(model.config, COMBINATION_KEY, spec)
@@ -146,6 +148,18 @@ def train_model(config: RewardConfig, run: StageRun, model_dir: Path, tokenizer:
                          train_loss_mean=float(output.training_loss), resumed_from=str(resume) if resume else None,
                          train_runtime_s=output.metrics.get("train_runtime"),
                          train_steps_per_second=output.metrics.get("train_steps_per_second"))
+
+
+def attach_term(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> None:
+    """The likelihood term, after checking that its answer header is in the tokenized pairs."""
+    from trellis.reward.likelihood import attach_likelihood_term, response_header_ids
+
+    header = response_header_ids(tokenizer)
+    sample = rows[0]["chosen_ids"]
+    if not any(sample[i : i + len(header)] == header for i in range(len(sample))):
+        raise TrellisError(f"reward.likelihood_term: the assistant header {tokenizer.decode(header)!r} "
+                           f"(tokens {header}) is not in the tokenized pairs, so their answers cannot be found")
+    attach_likelihood_term(model, header)
 
 
 def _spec(config: RewardConfig) -> dict[str, Any] | None:
@@ -167,6 +181,10 @@ def _score_pairs(model: Any, rows: list[dict[str, Any]], pad_token_id: int) -> P
 
 
 def save_reward_model(run: StageRun, model: Any, tokenizer: Any) -> Path:
+    from trellis.reward.likelihood import write_spec
+
+    write_spec(model)
+
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer_files(tmp, tokenizer)

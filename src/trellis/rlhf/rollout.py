@@ -196,6 +196,10 @@ def reward_scores(reward_model: Any, tokenizer: Any, prompts: list[str], respons
         encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
         ids, mask = right_pad(encoded, pad_id)
         ids, mask = ids.to(device), mask.to(device)
+        if hasattr(reward_model, "likelihood_term"):
+            # its score reads every answer token (trellis.reward.likelihood): the model's own forward
+            scores.append(reward_model(input_ids=ids, attention_mask=mask).logits[:, 0].float())
+            continue
         hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         last = (mask.sum(-1) - 1).clamp(min=0)
         final_hidden = hidden[torch.arange(len(encoded), device=device), last]
