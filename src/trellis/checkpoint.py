@@ -83,7 +83,8 @@ def load_reward_model(path: str | Path, device: Any = "cpu", dtype: Any = None):
     if spec is not None:
         return load_ensemble(p, spec, lambda member: _load_model("AutoModelForSequenceClassification", member,
                                                                  device, dtype))
-    with _quiet_load_report(likelihood_term_in(p)):
+    # the likelihood term's weight is "unexpected" to transformers: expected here
+    with quiet_transformers(likelihood_term_in(p)):
         model = _load_model("AutoModelForSequenceClassification", p, device, dtype)
     return attach_likelihood_term(attach_combined_head(model))
 
@@ -94,8 +95,9 @@ def likelihood_term_in(path: Path) -> bool:
     return bool(json.loads((path / "config.json").read_text()).get(KEY))
 
 
-def _quiet_load_report(quiet: bool):
-    """transformers reports the likelihood term's weight as unexpected: expected here, so not shown."""
+def quiet_transformers(quiet: bool = True):
+    """A context in which transformers logs errors only (its load reports of keys that are expected to be
+    missing or unused are noise to a Trellis user); `quiet` False: no change."""
     import contextlib
 
     from transformers.utils import logging as hf_logging

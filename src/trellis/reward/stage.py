@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from trellis.checkpoint import check_checkpoint_dir, load_tokenizer
+from trellis.checkpoint import check_checkpoint_dir, load_tokenizer, quiet_transformers
 from trellis.config import RewardConfig, WorldConfig
 from trellis.data.chat_template import chat_stop_ids
 from trellis.errors import TrellisError
@@ -40,7 +40,6 @@ def load_reward_backbone(path: Path, pad_token_id: int, heads: list[str] | None 
     per axis in `heads`."""
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     labels = list(heads) if heads else ["reward"]
     try:
@@ -51,12 +50,8 @@ def load_reward_backbone(path: Path, pad_token_id: int, heads: list[str] | None 
         config.num_labels = len(labels)
         config.pad_token_id = pad_token_id
         # the new score head is always "missing from the checkpoint": that report is noise here
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(str(path), config=config, dtype=torch.float32)
-        finally:
-            hf_logging.set_verbosity(verbosity)
     except Exception as exc:  # noqa: BLE001 - every loader failure becomes one named line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TrellisError(f"{path}: cannot load as a reward model: {first}") from None
