@@ -63,9 +63,11 @@ class RewardConfig(HFTrainerSection):
     # what happens to a pair longer than max_length: "drop" it, or "truncate" the prompt from the left
     over_length: Literal["drop", "truncate"] = "drop"
     # add alpha x the mean log-probability of the answer's tokens under the model's own backbone (through
-    # its tied embeddings) to the score head's reward, alpha learned (trellis.reward.likelihood): the head
-    # then reads what the model knows. One head only; needs tied embeddings
+    # its tied embeddings) to the score head's reward (trellis.reward.likelihood): the head then reads what
+    # the model knows. One head only; needs tied embeddings. alpha starts at likelihood_alpha and trains at
+    # `lr` with the rest, so in short runs it stays near its start (1.0 -> 1.004 in the quickstart)
     likelihood_term: bool = False
+    likelihood_alpha: float = 1.0
 
     @model_validator(mode="after")
     def _combination_names_heads(self) -> "RewardConfig":

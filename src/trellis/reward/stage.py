@@ -125,7 +125,7 @@ def train_model(config: RewardConfig, run: StageRun, model_dir: Path, tokenizer:
     model = load_reward_backbone(model_dir, tokenizer.pad_token_id, slot.labels or config.heads)
     model.to(resolve_device(config.device))  # the initial held-out scoring runs where training will
     if config.likelihood_term and member is None:
-        attach_term(model, tokenizer, train_rows)
+        attach_term(model, tokenizer, train_rows, config.likelihood_alpha)
     spec = None if member is not None else _spec(config)
     if spec is not None:
         setattr(model.config, COMBINATION_KEY, spec)
@@ -145,7 +145,7 @@ def train_model(config: RewardConfig, run: StageRun, model_dir: Path, tokenizer:
                          train_steps_per_second=output.metrics.get("train_steps_per_second"))
 
 
-def attach_term(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> None:
+def attach_term(model: Any, tokenizer: Any, rows: list[dict[str, Any]], alpha: float) -> None:
     """The likelihood term, after checking that its answer header is in the tokenized pairs."""
     from trellis.reward.likelihood import attach_likelihood_term, response_header_ids
 
@@ -154,7 +154,7 @@ def attach_term(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> None:
     if not any(sample[i : i + len(header)] == header for i in range(len(sample))):
         raise TrellisError(f"reward.likelihood_term: the assistant header {tokenizer.decode(header)!r} "
                            f"(tokens {header}) is not in the tokenized pairs, so their answers cannot be found")
-    attach_likelihood_term(model, header)
+    attach_likelihood_term(model, header, alpha)
 
 
 def _spec(config: RewardConfig) -> dict[str, Any] | None:
