@@ -93,7 +93,6 @@ def test_bf16_scoring_and_update_share_their_arithmetic(make_config, tiny_dirs, 
     assert abs(metrics["ratio_mean"] - 1.0) < 1e-3
 
 
-
 @pytest.mark.parametrize("value_model", ["reward", "policy_head"])
 def test_fused_scoring_pass_trains_as_the_separate_scoring_pass(make_config, tiny_dirs, prompt_texts, value_model):
     """fuse_scoring_pass takes the old log-probs, values and entropy from the first epoch's own forward
