@@ -1,9 +1,9 @@
-"""PPO peer benchmark: Trellis's PPO against trl==1.12.0's `trl.experimental.ppo.PPOTrainer`, on CPU.
+"""PPO peer benchmark: Trellis's PPO against trl==1.12.0's `trl.experimental.ppo.PPOTrainer`, on CPU or one GPU.
 
     python benchmarks/bench_ppo.py --policy SFT_DIR --reward-model REWARD_DIR [--episodes 1024]
         [--batch-size 32] [--minibatch-size 32] [--ppo-epochs 4] [--response-length 32] [--lr 1e-4]
         [--repeats 1] [--peers trellis,trl,trellis-shared-critic] [--micro-batch-size 8]
-        [--precision fp32] [--trl-path /tmp/trl112] [--out benchmarks/results/ppo-<date>.json]
+        [--precision fp32] [--device cpu|cuda] [--trl-path /tmp/trl112] [--out benchmarks/results/ppo-<date>.json]
         [--shared-critic-set KEY=VALUE ...] [--trellis-set KEY=VALUE ...]
 
 Peers: `trellis` (separate value model initialised from the reward model, as TRL's), `trl`, and
@@ -80,7 +80,6 @@ def _prompts(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
 def evaluate_policy(policy: Any, tokenizer: Any, reward_model: Any, held_out: list[dict],
                     max_new_tokens: int) -> dict[str, Any]:
     """Greedy answers through the Trellis engine, scored by the reward model and the world's gold scorer."""
-    import torch
 
     from trellis.eval.gold import generate_answers, score_responses
     from trellis.rlhf.rollout import reward_scores
@@ -88,7 +87,7 @@ def evaluate_policy(policy: Any, tokenizer: Any, reward_model: Any, held_out: li
     texts = [p["prompt"] for p in held_out]
     policy.eval()
     answers = generate_answers(policy, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=32)
-    rewards = reward_scores(reward_model, tokenizer, texts, answers, torch.device("cpu"))
+    rewards = reward_scores(reward_model, tokenizer, texts, answers, next(reward_model.parameters()).device)
     gold = score_responses(_world(), held_out, answers)
     return {"reward_mean": float(rewards.mean()), "gold_score": gold["gold_score"], "n": len(texts),
             "samples": [{"prompt": t, "answer": a} for t, a in zip(texts[:3], answers[:3], strict=True)]}
@@ -98,7 +97,7 @@ def _load_frozen(args: argparse.Namespace) -> tuple[Any, Any]:
     from trellis.checkpoint import load_reward_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.policy)
-    reward = load_reward_model(args.reward_model).eval().requires_grad_(False)
+    reward = load_reward_model(args.reward_model).to(args.device).eval().requires_grad_(False)
     reward.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, reward
 
@@ -128,9 +127,9 @@ def run_trellis(args: argparse.Namespace, value_model: str) -> dict[str, Any]:
     _set_threads(args.threads)
     train_prompts, held_out = _prompts(args)
     tokenizer, reward = _load_frozen(args)
-    policy = load_causal_lm(args.policy)
-    ref = load_causal_lm(args.policy)
-    value = load_reward_model(args.reward_model) if value_model == "reward" else None
+    policy = load_causal_lm(args.policy, device=args.device)
+    ref = load_causal_lm(args.policy, device=args.device)
+    value = load_reward_model(args.reward_model, device=args.device) if value_model == "reward" else None
     for model in (policy, ref):
         model.generation_config.eos_token_id = chat_stop_ids(tokenizer)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -143,16 +142,17 @@ def run_trellis(args: argparse.Namespace, value_model: str) -> dict[str, Any]:
         rollout_batch_size=args.batch_size, minibatch_size=args.minibatch_size, ppo_epochs=args.ppo_epochs,
         max_new_tokens=args.response_length, temperature=args.temperature, lr=args.lr, kl_coef=args.kl_coef,
         kl_estimator="k1", cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
-        missing_eos_penalty=args.missing_eos_penalty, seed=args.seed, device="cpu",
+        missing_eos_penalty=args.missing_eos_penalty, seed=args.seed, device=args.device,
         generation_batch_size=args.batch_size, forward_batch_size=args.micro_batch_size,
         micro_batch_size=args.micro_batch_size, precision=args.precision, value_model=value_model,
         **_overrides(args.trellis_set if value_model == "reward" else args.shared_critic_set),
     )
-    trainer = PPOTrainer(config, policy, ref, value, reward, tokenizer, train_prompts, torch.device("cpu"))
+    trainer = PPOTrainer(config, policy, ref, value, reward, tokenizer, train_prompts, torch.device(args.device))
     history = []
     start, cpu_start = time.perf_counter(), time.process_time()
     while trainer.step < config.steps:
         history.append(trainer.train_step())
+    _sync(args.device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     final = evaluate_policy(policy, tokenizer, reward, held_out, args.response_length)
     keys = ("generation_seconds", "rollout_seconds", "update_seconds", "step_seconds")
@@ -201,9 +201,10 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     _set_threads(args.threads)
     train_prompts, held_out = _prompts(args)
     tokenizer, reward = _load_frozen(args)
-    policy = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32)
-    ref = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32)
-    value = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1, dtype=torch.float32)
+    policy = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32).to(args.device)
+    ref = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32).to(args.device)
+    value = AutoModelForSequenceClassification.from_pretrained(args.reward_model, num_labels=1,
+                                                               dtype=torch.float32).to(args.device)
     for model in (value, reward):
         model.config.pad_token_id = tokenizer.pad_token_id
     initial = evaluate_policy(policy, tokenizer, reward, held_out, args.response_length)
@@ -212,7 +213,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
     ids = [render_chat_prompt(tokenizer, p["prompt"]) for p in train_prompts]
     dataset = Dataset.from_dict({"input_ids": ids})
     config = PPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-ppo-"), use_cpu=True, bf16=args.precision == "bf16",
+        output_dir=tempfile.mkdtemp(prefix="trl-ppo-"), use_cpu=args.device == "cpu", bf16=args.precision == "bf16",
         report_to=[],
         save_strategy="no", num_sample_generations=0, disable_tqdm=True, logging_steps=1, seed=args.seed,
         # the rollout batch is one minibatch (main() insists): TRL takes one optimizer step per
@@ -236,6 +237,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
                          eval_dataset=dataset.select(range(args.batch_size)), callbacks=[Keep()])
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
+    _sync(args.device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     episodes = int(trainer.state.episode)
     tokenizer.padding_side = "right"
@@ -252,6 +254,13 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         "initial": initial, "final": final, "reward_gain": final["reward_mean"] - initial["reward_mean"],
         "gold_gain": _diff(final["gold_score"], initial["gold_score"]),
     }
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -293,6 +302,12 @@ def _child(role: str, args: argparse.Namespace, argv: list[str]) -> dict[str, An
     return json.loads(Path(result_path).read_text())
 
 
+def _device_name(device: str) -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu"
+
+
 def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -317,6 +332,7 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both peers train (one GPU)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--peers", default="trellis,trl,trellis-shared-critic",
                         help="peers to run, in this order (trellis-shared-critic: Trellis with "
@@ -378,6 +394,7 @@ def main() -> None:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+                    "device": _device_name(args.device),
                     "loadavg_before": load_before, "loadavg_after": _loadavg()},
         "models": {"policy": args.policy, "reward_model": args.reward_model, "built_random": built is not None},
         "settings": {k: getattr(args, k) for k in ("episodes", "batch_size", "minibatch_size", "ppo_epochs",
