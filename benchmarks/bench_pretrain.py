@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pretrain.py [--steps 8] [--batch 4] [--seq-len 128] [--threads 1] [--precision fp32]
                                         [--fast] [--fast-hf] [--preset NAME] [--vocab-size N] [--skip 1] [--accum 1]
+                                        [--attn auto|sdpa|eager] [--repeats 1]
 
 Default shape: a ~20M Llama for this CPU. On a GPU, e.g. the ~1B preset with its published vocabulary:
     python benchmarks/bench_pretrain.py --preset llama3.2-1b --vocab-size 128256 --seq-len 2048 --batch 4 \
@@ -92,7 +93,11 @@ def run_trellis(args, out: Path) -> dict:
 
     cfg = PretrainConfig.model_validate(
         {
-            "model": {**_shape(args), **({"vocab_size": args.vocab_size} if args.vocab_size else {})},
+            "model": {
+                **_shape(args),
+                **({"vocab_size": args.vocab_size} if args.vocab_size else {}),
+                "attn_implementation": args.attn,
+            },
             "tokenizer": {"vocab_size": VOCAB},
             "seq_len": args.seq_len,
             "batch_size": args.batch * args.accum,
@@ -169,6 +174,54 @@ def run_hf(args, out: Path) -> dict:
     }
 
 
+def _side(mode: str, run_dir: Path, args, env: dict) -> dict:
+    """One side's run in its own process: its RESULT, or an error entry (e.g. out of GPU memory)."""
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--mode",
+            mode,
+            "--out",
+            str(run_dir),
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--seq-len",
+            str(args.seq_len),
+            "--threads",
+            str(args.threads),
+            "--precision",
+            args.precision,
+            "--skip",
+            str(args.skip),
+            "--accum",
+            str(args.accum),
+            "--attn",
+            args.attn,
+        ]
+        + (["--fast"] if args.fast else [])
+        + (["--fast-hf"] if args.fast_hf else [])
+        + (["--preset", args.preset] if args.preset else [])
+        + (["--vocab-size", str(args.vocab_size)] if args.vocab_size else [])
+    )
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(
+            f"bench_pretrain: the {mode} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}",
+            file=sys.stderr,
+        )
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def _median_run(side_runs: list[dict]) -> dict:
+    ok = sorted((r for r in side_runs if "error" not in r), key=lambda r: r["tokens_per_s"])
+    return ok[(len(ok) - 1) // 2] if ok else side_runs[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=8)
@@ -183,11 +236,15 @@ def main() -> None:
     # --fast: Trellis with compile + fused AdamW; --fast-hf: the HF Trainer with the same two options
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--fast-hf", action="store_true")
+    # Trellis's attention kernel (model.attn_implementation, auto by default); the HF side keeps its default (sdpa)
+    parser.add_argument("--attn", choices=["auto", "sdpa", "eager"], default="auto")
     # a named preset instead of the ~20M default shape, and an embedding table padded to this many rows
     parser.add_argument("--preset", default=None)
     parser.add_argument("--vocab-size", type=int, default=None)
     # steps left out of the steady state (compilation, allocator warm-up)
     parser.add_argument("--skip", type=int, default=1)
+    # pairs of runs, alternating which side goes first; the summary takes each side's median run
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     if args.mode != "both":
         result = (run_trellis if args.mode == "trellis" else run_hf)(args, Path(args.out))
@@ -200,49 +257,17 @@ def main() -> None:
         "TRELLIS_NO_PROGRESS": "1",
         "HF_HUB_OFFLINE": "1",
     }
-    results = {}
-    for mode in ("trellis", "hf"):
-        cmd = (
-            [
-                sys.executable,
-                __file__,
-                "--mode",
-                mode,
-                "--out",
-                str(out),
-                "--steps",
-                str(args.steps),
-                "--batch",
-                str(args.batch),
-                "--seq-len",
-                str(args.seq_len),
-                "--threads",
-                str(args.threads),
-                "--precision",
-                args.precision,
-                "--skip",
-                str(args.skip),
-                "--accum",
-                str(args.accum),
-            ]
-            + (["--fast"] if args.fast else [])
-            + (["--fast-hf"] if args.fast_hf else [])
-            + (["--preset", args.preset] if args.preset else [])
-            + (["--vocab-size", str(args.vocab_size)] if args.vocab_size else [])
-        )
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            # e.g. one side out of GPU memory: keep the other side's figures
-            print(
-                f"bench_pretrain: the {mode} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}",
-                file=sys.stderr,
-            )
-            results[mode] = {
-                "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
-            }
-        else:
-            results[mode] = json.loads(lines[-1].removeprefix("RESULT "))
+    # each repeat runs both sides, alternating which goes first, so a drift in the machine's speed
+    # (seen here: ±15% over minutes on a shared VM) does not favour one side; the Trellis run of repeat 0
+    # writes the tokenizer and config.json that every HF run builds its model from
+    runs: dict[str, list[dict]] = {"trellis": [], "hf": []}
+    for repeat in range(args.repeats):
+        for mode in ("trellis", "hf") if repeat % 2 == 0 else ("hf", "trellis"):
+            run_dir = out / f"r{repeat}" if mode == "trellis" else out / "r0"
+            result = _side(mode, run_dir, args, env)
+            result["repeat"] = repeat
+            runs[mode].append(result)
+    results = {mode: _median_run(side_runs) for mode, side_runs in runs.items()}
     print(
         json.dumps(
             {
@@ -258,6 +283,7 @@ def main() -> None:
                     "precision": args.precision,
                     "fast": args.fast,
                     "fast_hf": args.fast_hf,
+                    "attn": args.attn,
                     "shape": _shape(args),
                     "vocab_size": args.vocab_size,
                     "skip": args.skip,
@@ -267,6 +293,9 @@ def main() -> None:
                 "tokens_per_s_ratio": results["trellis"]["tokens_per_s"] / results["hf"]["tokens_per_s"]
                 if "error" not in results["trellis"] and "error" not in results["hf"]
                 else None,
+                "repeats": args.repeats,
+                "note": "trellis / hf_trainer: the run of median tokens/s over the repeats (all in runs)",
+                "runs": runs,
             },
             indent=2,
         )

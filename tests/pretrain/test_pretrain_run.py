@@ -84,6 +84,9 @@ def test_val_files_pretrained_tokenizer_and_bf16(corpus, tmp_path, micro_config)
     run(cfg, WorldConfig(), tmp_path / "b")
     summary = json.loads((tmp_path / "b" / "pretrain" / "summary.json").read_text())
     assert summary["val_ppl_final"] < summary["val_ppl_initial"]
+    # attn_implementation auto: eager on a CPU in bf16, sdpa in fp32
+    assert summary["attn_implementation"] == "eager"
+    assert json.loads((first.parent / "summary.json").read_text())["attn_implementation"] == "sdpa"
     assert (tmp_path / "b" / "pretrain" / "final" / "tokenizer.json").read_text() == \
         (first / "tokenizer.json").read_text()
     shutil.rmtree(tmp_path / "a")
@@ -92,3 +95,13 @@ def test_val_files_pretrained_tokenizer_and_bf16(corpus, tmp_path, micro_config)
 def test_seq_len_beyond_the_model_fails(corpus, tmp_path, micro_config):
     with pytest.raises(TrellisError, match="seq_len"):
         run(micro_config(corpus, seq_len=1024), WorldConfig(), tmp_path / "run")
+
+
+def test_training_attention_auto_and_explicit():
+    from trellis.models.presets import training_attention
+
+    assert training_attention("auto", "cpu", "bf16") == "eager"
+    assert training_attention("auto", "cpu", "fp32") == "sdpa"
+    assert training_attention("auto", "cuda", "bf16") == "sdpa"
+    assert training_attention("sdpa", "cpu", "bf16") == "sdpa"
+    assert training_attention("flash_attention_2", "cuda", "bf16") == "flash_attention_2"

@@ -16,7 +16,9 @@ class ModelSpec(Section):
     max_seq_len: int | None = None
     rope_theta: float | None = None
     tie_embeddings: bool | None = None
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # auto: eager on a CPU in bf16 (torch's CPU flash-attention backward is slow in bf16: the ~18M benchmark
+    # model trains 1.13x faster with eager there, BENCHMARKS.md), sdpa everywhere else
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     # rows of the embedding table (default: the tokenizer's size); a larger value pads the table, e.g. to a
     # multiple of 128 for tensor-core-friendly shapes, or to a preset's published vocabulary so that a
     # throughput run does the same work as the published model

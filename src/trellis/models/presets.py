@@ -125,9 +125,18 @@ def llama_config(shape: ModelShape, vocab_size: int | None = None, *, pad_token_
     return cfg
 
 
+def training_attention(requested: str, device_type: str, precision: str) -> str:
+    """The attention kernel to train with: `auto` is eager on a CPU in bf16, where torch's flash-attention
+    backward runs slower than in fp32 (and slower than eager's bf16 matmuls), and sdpa everywhere else."""
+    if requested != "auto":
+        return requested
+    return "eager" if device_type == "cpu" and precision == "bf16" else "sdpa"
+
+
 def build_model_config(spec: ModelSpec, vocab_size: int, *, pad_token_id: int | None = None,
-                       bos_token_id: int | None = None,
-                       eos_token_id: int | list[int] | None = None) -> LlamaConfig:
+                       bos_token_id: int | None = None, eos_token_id: int | list[int] | None = None,
+                       device_type: str = "cpu", precision: str = "fp32") -> LlamaConfig:
     """The LlamaConfig for a pretrain config's model section and a trained tokenizer."""
     return llama_config(resolve_shape(spec), vocab_size, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
-                        eos_token_id=eos_token_id, attn_implementation=spec.attn_implementation)
+                        eos_token_id=eos_token_id,
+                        attn_implementation=training_attention(spec.attn_implementation, device_type, precision))

@@ -178,7 +178,8 @@ def pretrain(cfg: PretrainConfig, world: WorldConfig, run_root: Path, stop_after
 
         eos_ids = [ids["im_end"], eot]
         vocab = embedding_rows(cfg, len(tokenizer))
-        model_config = build_model_config(cfg.model, vocab, pad_token_id=ids["pad"], eos_token_id=eos_ids)
+        model_config = build_model_config(cfg.model, vocab, pad_token_id=ids["pad"], eos_token_id=eos_ids,
+                                          device_type=device.type, precision=cfg.precision)
         if resume is not None:
             check_same_shape(resume, model_config)
         model = LlamaForCausalLM(model_config)
@@ -361,6 +362,7 @@ def pretrain(cfg: PretrainConfig, world: WorldConfig, run_root: Path, stop_after
             "train_flops": train_flops,
             "vocab_size": vocab,
             "device": str(device),
+            "attn_implementation": model_config._attn_implementation,
             **{k: v for k, v in final_evals.items() if "." in k},
             **({"loss_scale_final": scaler.get_scale(), "skipped_steps": skipped_steps} if scaler else {}),
             **({"stopped_early": stop_reason} if stop_reason else {}),
