@@ -38,7 +38,7 @@ def test_length_sorted_micro_batches_give_the_minibatch_gradient(make_config, ti
     critic = trainer.value_model if trainer.value_head is None else trainer.value_head
     grads, stats = {}, {}
     for micro in (6, 1, 4):
-        trainer.config.micro_batch_size = micro
+        trainer.micro_batch_size = micro
         stats[micro] = trainer.update_minibatch(batch, advantages, returns, rows)
         grads[micro] = [p.grad.clone() for p in list(trainer.policy.parameters()) + list(critic.parameters())]
     for micro in (1, 4):
@@ -140,3 +140,16 @@ def test_fused_scoring_skips_the_policy_and_starts_at_ratio_one(make_config, tin
 def test_fused_scoring_needs_one_minibatch_per_rollout(make_config):
     with pytest.raises(ValueError, match="fuse_scoring_pass needs one minibatch per rollout"):
         make_config(fuse_scoring_pass=True, rollout_batch_size=8, minibatch_size=4)
+
+
+def test_micro_batch_size_auto_is_8_on_a_cpu_and_the_minibatch_on_a_gpu():
+    from trellis.config import RLHFConfig
+    from trellis.rlhf.trainer import resolve_micro_batch_size
+
+    assert RLHFConfig(policy="p", reward_model="r").micro_batch_size == "auto"
+    assert RLHFConfig(policy="p", reward_model="r", micro_batch_size=4).micro_batch_size == 4
+    assert resolve_micro_batch_size("auto", 32, "cpu") == 8
+    assert resolve_micro_batch_size("auto", 32, "cuda") == 32
+    assert resolve_micro_batch_size(4, 32, "cuda") == 4
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        RLHFConfig(policy="p", reward_model="r", micro_batch_size="many")

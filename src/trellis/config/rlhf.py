@@ -31,10 +31,11 @@ class RLHFConfig(Section):
     minibatch_size: int = 8
     ppo_epochs: int = 2
     # rows per forward/backward inside a minibatch (gradient accumulation); rows are sorted by length so
-    # each micro-batch is padded only to its own longest row (less padding, same gradient). 8 suits a CPU;
-    # on a GPU small models are launch-bound, so raise it to the minibatch (32 rows of the quickstart
-    # policy: update 0.31 -> 0.09 s per step on an H200, BENCHMARKS.md)
-    micro_batch_size: int = 8
+    # each micro-batch is padded only to its own longest row (less padding, same gradient). auto: 8 on a
+    # CPU, where less padding pays; the whole minibatch on a GPU, where small models are launch-bound (32
+    # rows of the quickstart policy: update 0.31 -> 0.09 s per step on an H200, BENCHMARKS.md); set a
+    # number when a minibatch's activations do not fit in GPU memory
+    micro_batch_size: int | Literal["auto"] = Field(default="auto", union_mode="left_to_right")
     # when one minibatch is the whole rollout (minibatch_size >= rollout_batch_size), the first PPO epoch's
     # forward pass runs under the rollout's policy, so it also gives the old log-probs, values and entropy:
     # the separate scoring forward of the policy (and of a separate value model) is skipped, and the first
