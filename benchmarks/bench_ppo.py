@@ -97,7 +97,7 @@ def _load_frozen(args: argparse.Namespace) -> tuple[Any, Any]:
     from trellis.checkpoint import load_reward_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.policy)
-    reward = load_reward_model(args.reward_model).to(args.device).eval().requires_grad_(False)
+    reward = load_reward_model(args.reward_model, device=args.device).eval().requires_grad_(False)
     reward.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer, reward
 
