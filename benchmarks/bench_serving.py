@@ -462,24 +462,35 @@ def engine_stats(engine: Any) -> dict:
 
 # ---- where the time goes ---------------------------------------------------------------------------
 class ForwardTimer:
-    """Forward hooks on the model: the wall time of every forward, with its input shape (batch, tokens)."""
+    """The wall time of every forward, with its input shape (batch, tokens): the model's own forward and the
+    engine's lean decode steps. It wraps both rather than hooking the model, since a hooked model makes the
+    engine leave its lean step (hooks promise the model's forward runs)."""
 
     def __init__(self, model: Any) -> None:
+        from trellis.serving.lean_decode import LeanLlamaDecode
+
         self.records: list[tuple[tuple[int, int], float]] = []
-        self._t0 = 0.0
-        self._shape = (0, 0)
-        model.register_forward_pre_hook(self._pre, with_kwargs=True)
-        model.register_forward_hook(self._post, with_kwargs=True)
+        forward = model.forward
 
-    def _pre(self, module: Any, args: Any, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        self._shape = tuple(ids.shape) if ids is not None else (0, 0)
-        sync()
-        self._t0 = time.perf_counter()
+        def timed_forward(*args: Any, **kwargs: Any) -> Any:
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            return self._timed(tuple(ids.shape) if ids is not None else (0, 0), forward, *args, **kwargs)
 
-    def _post(self, module: Any, args: Any, kwargs: dict, out: Any) -> None:
+        model.forward = timed_forward
+        lean_step = LeanLlamaDecode.__call__
+
+        def timed_lean_step(step: Any, ids: Any, *args: Any) -> Any:
+            return self._timed(tuple(ids.shape), lean_step, step, ids, *args)
+
+        LeanLlamaDecode.__call__ = timed_lean_step
+
+    def _timed(self, shape: tuple[int, int], fn: Any, *args: Any, **kwargs: Any) -> Any:
         sync()
-        self.records.append((self._shape, time.perf_counter() - self._t0))
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        sync()
+        self.records.append((shape, time.perf_counter() - t0))
+        return out
 
     def take(self, wall: float) -> dict:
         """Summary of the forwards since the last call; `other_s` is wall time spent outside forwards."""

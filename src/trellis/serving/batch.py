@@ -166,6 +166,9 @@ class RunningBatch:
         return gone
 
     def _forward(self, ids: Any, mask: Any, pos: Any, prefill: bool) -> Any:
+        lean = self.e.lean_decode
+        if not prefill and lean is not None and not lean.hooked():
+            return lean(ids, mask, pos, self.cache)
         kwargs: dict[str, Any] = {
             "input_ids": ids,
             "attention_mask": mask,

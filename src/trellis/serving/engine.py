@@ -51,13 +51,15 @@ class Engine:
         max_prefill_tokens: int = 512,
         prefix_cache_mb: float = 256.0,
         max_tokens_in_flight: int | None = None,
+        lean_decode: bool = True,
     ) -> None:
         """`max_prefill_tokens`: prompt tokens computed per step (the chunked-prefill cap; 512 was the
         fastest chunk for SmolLM2 on the dev CPU). `prefix_cache_mb`: memory for the keys/values of recent
         prompts, reused by prompts sharing a prefix with them (0 turns prefix sharing off).
         `max_tokens_in_flight`: cap on the key/value positions reserved by running requests (prompt +
         max_tokens each), which bounds KV memory whatever the request mix; None leaves only
-        `max_batch_size`."""
+        `max_batch_size`. `lean_decode`: run decode steps of Llama models through `lean_decode` (the
+        model's own operations without its module overhead; other models always use their forward)."""
         import torch
 
         if max_batch_size < 1:
@@ -88,6 +90,9 @@ class Engine:
         # decode steps hand such a model the `[B, 1, 1, width]` bool mask that transformers' mask builder
         # would make from the 2D one (for sdpa over full-attention layers), skipping that work every step
         self.prebuilt_decode_mask = self.stackable and _attn_implementation(model) == "sdpa"
+        from trellis.serving.lean_decode import lean_decode_step
+
+        self.lean_decode = lean_decode_step(model) if lean_decode and self.stackable else None
         self._packing: bool | None = None  # whether the model honours packed masks; checked on first use
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         # background loop state (submit/stream path)
