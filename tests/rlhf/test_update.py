@@ -22,6 +22,15 @@ def _trainer(make_config, tiny_dirs, prompt_texts, **overrides) -> PPOTrainer:
                       [{"prompt": p} for p in prompt_texts], torch.device("cpu"))
 
 
+def test_rollouts_are_the_same_with_and_without_the_lean_decode_step(make_config, tiny_dirs, prompt_texts):
+    lean = _trainer(make_config, tiny_dirs, prompt_texts)
+    plain = _trainer(make_config, tiny_dirs, prompt_texts, lean_decode=False)
+    assert lean.engine.lean_decode is not None and plain.engine.lean_decode is None
+    a, b = lean.rollout(), plain.rollout()
+    assert a.responses == b.responses and any(a.responses)
+    torch.testing.assert_close(a.logprobs, b.logprobs)
+
+
 @pytest.mark.parametrize("value_model", ["reward", "policy_head"])
 def test_length_sorted_micro_batches_give_the_minibatch_gradient(make_config, tiny_dirs, prompt_texts, value_model):
     trainer = _trainer(make_config, tiny_dirs, prompt_texts, lr=0.0, rollout_batch_size=6, minibatch_size=6,

@@ -218,6 +218,7 @@ def test_checkpoint_default_temperature(checkpoint_dir):
     app = build_app(checkpoint_dir, ServeConfig())
     try:
         assert app.state.trellis.default_temperature == pytest.approx(0.7)
+        assert app.state.trellis.engine.lean_decode is not None  # a Llama checkpoint: on by default
         assert app.state.trellis.model_name == checkpoint_dir.name
     finally:
         app.state.trellis.engine.shutdown()
@@ -247,10 +248,11 @@ def test_default_model_name_of_a_stage_checkpoint(tmp_path):
 
 
 def test_serve_config_reaches_the_engine(checkpoint_dir):
-    app = build_app(checkpoint_dir, ServeConfig(max_prefill_tokens=64, prefix_cache_mb=0))
+    app = build_app(checkpoint_dir, ServeConfig(max_prefill_tokens=64, prefix_cache_mb=0, lean_decode=False))
     try:
         engine = app.state.trellis.engine
         assert engine.max_prefill_tokens == 64
         assert engine.prefix_cache is None
+        assert engine.lean_decode is None
     finally:
         app.state.trellis.engine.shutdown()

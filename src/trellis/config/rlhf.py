@@ -105,6 +105,9 @@ class RLHFConfig(Section):
     # the serving engine's batch for rollouts, and the batch of the scoring forward passes
     generation_batch_size: int = 32
     forward_batch_size: int = 64
+    # rollout decode steps of a Llama policy through the engine's lean step (the model's own operations
+    # without its module overhead; equal logits); false: the model's forward
+    lean_decode: bool = True
     # reward-hacking monitor (world prompts only): warn when the reward's trend over this many steps is up
     # while the gold score's falls by more than hacking_gold_drop
     hacking_window: int = 8

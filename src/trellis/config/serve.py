@@ -23,4 +23,6 @@ class ServeConfig(Section):
     # key/value positions the running requests may reserve (prompt + max_tokens each), bounding KV memory;
     # null: only max_batch_size limits the running batch
     max_tokens_in_flight: int | None = Field(None, ge=1)
+    # decode steps of Llama models through the engine's lean step (same logits, less host work per step)
+    lean_decode: bool = True
     device: str = "auto"

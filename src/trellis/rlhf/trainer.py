@@ -101,7 +101,8 @@ class PPOTrainer:
         if engine is None:
             from trellis.serving.engine import Engine
 
-            engine = Engine(policy, tokenizer, max_batch_size=config.generation_batch_size)
+            engine = Engine(policy, tokenizer, max_batch_size=config.generation_batch_size,
+                            lean_decode=config.lean_decode)
         self.engine = engine
         self.ptx = None
         if config.ptx_coef > 0:

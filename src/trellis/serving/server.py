@@ -721,7 +721,8 @@ def build_app(checkpoint_dir: str | Path, cfg: ServeConfig):
     tokenizer = load_tokenizer(checkpoint_dir)
     model = load_causal_lm(checkpoint_dir, device=resolve_device(cfg.device))
     engine = Engine(model, tokenizer, max_batch_size=cfg.max_batch_size, max_prefill_tokens=cfg.max_prefill_tokens,
-                    prefix_cache_mb=cfg.prefix_cache_mb, max_tokens_in_flight=cfg.max_tokens_in_flight)
+                    prefix_cache_mb=cfg.prefix_cache_mb, max_tokens_in_flight=cfg.max_tokens_in_flight,
+                    lean_decode=cfg.lean_decode)
     name = cfg.model_name or default_model_name(checkpoint_dir)
     return create_app(
         engine, tokenizer, name, cfg, default_temperature=read_default_temperature(checkpoint_dir),
