@@ -102,8 +102,10 @@ class LeanLlamaDecode:
             q = _linear(attn.q_proj, x).view(batch, 1, -1, hd).transpose(1, 2)
             k = _linear(attn.k_proj, x).view(batch, 1, -1, hd).transpose(1, 2)
             v = _linear(attn.v_proj, x).view(batch, 1, -1, hd).transpose(1, 2)
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
+            # queries and keys rotated in one set of elementwise ops (the same arithmetic per element)
+            qk = torch.cat((q, k), dim=1)
+            qk = (qk * cos) + (_rotate_half(qk) * sin)
+            q, k = qk[:, : q.shape[1]], qk[:, q.shape[1] :]
             keys, values = cache_layer.update(k, v)
             if self.groups > 1 and mask is None:
                 # as transformers' sdpa path: grouped-query attention inside the kernel when nothing is masked
