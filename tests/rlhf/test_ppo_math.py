@@ -34,6 +34,13 @@ def test_rewards_put_score_on_last_token_and_kl_everywhere():
     assert torch.allclose(r, torch.tensor([[-0.01, 2.0 - 0.02, 0.0], [-0.05, -0.05, -1.05]]))
 
 
+def test_overlong_penalty_ramps_over_the_buffer():
+    # max 8 new tokens, a buffer of 4: free up to 4 tokens, then a quarter of the penalty per token
+    lengths = torch.tensor([1.0, 4.0, 5.0, 6.0, 8.0])
+    assert ppo.overlong_penalties(lengths, 8, 4, 2.0).tolist() == [0.0, 0.0, 0.5, 1.0, 2.0]
+    assert ppo.overlong_penalties(lengths, 8, 4, 0.0).tolist() == [0.0] * 5
+
+
 def test_missing_eos_penalty():
     scores = torch.tensor([1.0, 1.0])
     out = ppo.apply_missing_eos_penalty(scores, torch.tensor([True, False]), 0.5)

@@ -162,3 +162,20 @@ def test_micro_batch_size_auto_is_8_on_a_cpu_and_the_minibatch_on_a_gpu():
     assert resolve_micro_batch_size(4, 32, "cuda") == 4
     with pytest.raises(ValueError, match="micro_batch_size"):
         RLHFConfig(policy="p", reward_model="r", micro_batch_size="many")
+
+
+def test_overlong_penalty_lowers_the_scores_of_long_answers(make_config, tiny_dirs, prompt_texts):
+    from trellis.config import RLHFConfig
+
+    trainer = _trainer(make_config, tiny_dirs, prompt_texts, rollout_batch_size=4, max_new_tokens=8)
+    batch = trainer.rollout()
+    plain = trainer.token_rewards(batch)[1]
+    trainer.config = trainer.config.model_copy(update={"overlong_penalty": 1.0, "overlong_buffer": 4})
+    penalised = trainer.token_rewards(batch)[1]
+    lengths = batch.response_lengths
+    want = (lengths - 4).clamp(min=0, max=4) / 4
+    torch.testing.assert_close(plain - penalised, want.to(plain.dtype))
+    assert float(want.max()) > 0  # some answer of the tiny policy reached the buffer
+    assert trainer.train_step()["overlong_penalty_mean"] >= 0.0
+    with pytest.raises(ValueError, match="overlong_buffer"):
+        RLHFConfig(policy="p", reward_model="r", overlong_penalty=1.0, overlong_buffer=40, max_new_tokens=32)

@@ -72,6 +72,10 @@ class RLHFConfig(Section):
     entropy_coef: float = 0.0
     whiten_advantages: bool = True
     missing_eos_penalty: float | None = 1.0
+    # over-long answers (DAPO's soft overlong penalty): 0 up to max_new_tokens - overlong_buffer tokens,
+    # then rising linearly to overlong_penalty at max_new_tokens, subtracted from the score. 0: off
+    overlong_penalty: float = Field(default=0.0, ge=0.0)
+    overlong_buffer: int = Field(default=8, ge=1)
     # PPO-ptx (Ouyang et al. 2022): add ptx_coef x the causal-LM loss on pretraining text to every policy
     # step, against the alignment tax. ptx_data: "world" (the world's training corpus) or text file paths
     ptx_coef: float = 0.0
@@ -91,6 +95,9 @@ class RLHFConfig(Section):
     # regression on their returns (their episodes are not trained on: advantages from a critic fitted to
     # the same episodes would be shrunk towards zero)
     value_warmup_rollouts: int = Field(default=0, ge=0)
+    # the frozen reference and reward model live in host memory and visit the training device only to score
+    # rollouts and samples, so the update's memory peak holds the trained models alone (no effect on a CPU)
+    offload_frozen: bool = False
     # LoRA on the policy (null: full fine-tuning with a separate frozen reference copy)
     lora: RLHFLoRA | None = None
     # ppo: Trellis's own PPO; grpo / rloo: TRL's GRPOTrainer / RLOOTrainer on the same prompts and reward
@@ -134,6 +141,13 @@ class RLHFConfig(Section):
         if self.adaptive_kl is not False and self.kl_coef <= 0:
             raise ValueError(f"kl_coef: adaptive_kl {self.adaptive_kl!r} scales the coefficient, so it needs "
                              f"kl_coef > 0 (got {self.kl_coef})")
+        return self
+
+    @model_validator(mode="after")
+    def _overlong_buffer_fits_the_answer(self) -> "RLHFConfig":
+        if self.overlong_penalty > 0 and self.overlong_buffer > self.max_new_tokens:
+            raise ValueError(f"overlong_buffer: {self.overlong_buffer} tokens is longer than the answers "
+                             f"(max_new_tokens {self.max_new_tokens})")
         return self
 
     @model_validator(mode="after")

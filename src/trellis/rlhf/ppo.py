@@ -81,6 +81,16 @@ def apply_missing_eos_penalty(scores: torch.Tensor, ended_with_eos: torch.Tensor
     return scores - penalty * (~ended_with_eos.bool()).to(scores.dtype)
 
 
+def overlong_penalties(lengths: torch.Tensor, max_new_tokens: int, buffer: int, penalty: float) -> torch.Tensor:
+    """The soft over-length penalty of DAPO (Yu et al. 2025) per response: 0 up to `max_new_tokens - buffer`
+    tokens, then rising linearly to `penalty` at `max_new_tokens` (and staying there), so that answers
+    nearing the length cap lose reward before they are cut off."""
+    if not penalty or buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    over = (lengths.float() - (max_new_tokens - buffer)) / buffer
+    return penalty * over.clamp(min=0.0, max=1.0)
+
+
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real token of each row (0 for an empty row)."""
     return (mask.sum(-1).long() - 1).clamp(min=0)

@@ -134,12 +134,16 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
             run.truncate_metrics_after(trainer.step)
             log.info("resuming RLHF from %s (step %d)", resume, trainer.step)
         samples = make_policy_samples(config, run, tokenizer, reward_model, device, prompts)
+        frozen_on_device = trainer.offload.on_device  # samples are scored by the (maybe offloaded) reward model
         if samples is not None:
-            samples.start(policy, trainer.step if resume is not None else None)
+            with frozen_on_device():
+                samples.start(policy, trainer.step if resume is not None else None)
 
         if resume is None and config.eval_initial:
             # a LoRA policy equals its reference before training (B = 0)
-            initial_gold = gold_eval_of(ref_policy if ref_policy is not None else policy, tokenizer, world_obj, config)
+            with frozen_on_device():
+                initial_gold = gold_eval_of(ref_policy if ref_policy is not None else policy, tokenizer, world_obj,
+                                            config)
             if initial_gold is not None:
                 trainer.meta["gold_score_initial"] = initial_gold["gold_score"]
 
@@ -154,7 +158,8 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl_mean']:.3f}",
                                 gold=f"{metrics.get('gold_score', float('nan')):.3f}")
                 if samples is not None and samples.due(step, config.steps):
-                    samples.generate(policy, step)
+                    with frozen_on_device():
+                        samples.generate(policy, step)
                 if config.save_every > 0 and step % config.save_every == 0 and step < config.steps:
                     save_atomic(run.checkpoint_path(step), trainer.save)
                     run.prune_checkpoints(config.keep_checkpoints)
@@ -194,7 +199,8 @@ def run(config: RLHFConfig, world: WorldConfig, run_root: Path) -> Path:
             summary["gold_score_initial"] = trainer.meta["gold_score_initial"]
         summary.update(axis_and_kl_summary(history, config.target_kl))
         if samples is not None:
-            summary.update(samples.finish(final_model, trainer.step))
+            with frozen_on_device():
+                summary.update(samples.finish(final_model, trainer.step))
         run.write_summary(summary)
         return run.final_dir
     finally:

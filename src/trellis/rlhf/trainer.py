@@ -71,6 +71,9 @@ class PPOTrainer:
         for frozen in (ref_policy, reward_model):
             if frozen is not None:
                 frozen.eval().requires_grad_(False)
+        from trellis.rlhf.offload import FrozenOffload
+
+        self.offload = FrozenOffload([ref_policy, reward_model], device, config.offload_frozen)
         # PPO without dropout: the ratio of the first minibatch must be exactly 1
         policy.eval()
         self.micro_batch_size = resolve_micro_batch_size(config.micro_batch_size, config.minibatch_size, device)
@@ -133,7 +136,7 @@ class PPOTrainer:
                                             cfg.max_new_tokens, seed=(cfg.seed * 1_000_003 + seed_step) * 65_536,
                                             stop_token_ids=self.stop_ids)
         generation_seconds = time.perf_counter() - start
-        with self.autocast():
+        with self.offload.on_device(), self.autocast():
             batch = score_rollout(self.policy, self.ref_policy, self.value_model, self.reward_model, self.tokenizer,
                                   texts, prompt_ids, responses, ended, cfg.temperature, self.device,
                                   forward_batch_size=cfg.forward_batch_size, value_head=self.value_head,
@@ -159,6 +162,8 @@ class PPOTrainer:
         cfg = self.config
         kl = ppo.kl_per_token(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * batch.mask
         scores = ppo.apply_missing_eos_penalty(batch.scores, batch.ended_with_eos, cfg.missing_eos_penalty)
+        scores = scores - ppo.overlong_penalties(batch.response_lengths, cfg.max_new_tokens, cfg.overlong_buffer,
+                                                 cfg.overlong_penalty).to(scores.device)
         kl_coef = self.kl_ctl.value
         return kl, scores, ppo.compute_rewards(kl, scores, batch.mask, kl_coef), kl_coef
 
@@ -192,6 +197,9 @@ class PPOTrainer:
         batch = self.rollout(policy_pass=not cfg.fuse_scoring_pass)
         rollout_seconds = time.perf_counter() - step_start
         update_start = time.perf_counter()
+        on_gpu = torch.device(self.device).type == "cuda"
+        if on_gpu:  # the update's own memory peak (where offload_frozen helps), apart from the rollout's
+            torch.cuda.reset_peak_memory_stats(self.device)
         first = self.first_pass(batch) if cfg.fuse_scoring_pass else None
         mask = batch.mask
         kl, scores, rewards, kl_coef = self.token_rewards(batch)
@@ -209,6 +217,9 @@ class PPOTrainer:
             "reward_mean": float(batch.scores.mean()),
             "reward_std": float(batch.scores.std()) if len(batch.scores) > 1 else 0.0,
             "score_penalized_mean": float(scores.mean()),
+            **({"overlong_penalty_mean": float(ppo.overlong_penalties(
+                batch.response_lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty).mean())}
+               if cfg.overlong_penalty > 0 else {}),
             "eos_fraction": float(batch.ended_with_eos.float().mean()),
             "kl_mean": float(seq_kl.mean()),
             "kl_per_token": float(ppo.masked_mean(kl, mask)),
@@ -228,6 +239,8 @@ class PPOTrainer:
             "update_tokens_per_s": float(batch.sequences.attention_mask.sum()) * cfg.ppo_epochs
             / max(update_seconds, 1e-9),
         }
+        if on_gpu:
+            metrics["update_peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         for axis, values in batch.extra.get("reward_per_axis", {}).items():
             metrics[f"reward_{axis}_mean"] = float(values.mean())
         gold = self.gold_metrics(batch)
