@@ -1,9 +1,10 @@
 #!/bin/bash
-# The GPU check of issue 7 in one device call (about 4 minutes on an H200, start not counted):
-#   run(command="bash benchmarks/device/gpu_checks.sh", carry=[".whl"], timeout_s=420)
+# The GPU checks of issue 7 in one device call (about 5 minutes on an H200, start not counted):
+#   run(command="bash benchmarks/device/gpu_checks.sh", carry=[".whl"], timeout_s=480)
 # after benchmarks/device/prepare.sh. PPO against TRL on the GPU, Trellis with the engine's lean decode
 # step (the default) and without it (rlhf.lean_decode=false), so the step's share of the speed-up is
-# measured in the same session. Writes logs and JSON under $OUT.
+# measured in the same session; then the update's peak memory with and without rlhf.offload_frozen.
+# Writes logs and JSON under $OUT.
 # MFU (issue 3, resolved) ran here before: `MFU=1 bash benchmarks/device/gpu_checks.sh` adds it back.
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRELLIS_NO_PROGRESS=1 TOKENIZERS_PARALLELISM=false
@@ -40,6 +41,10 @@ PY
   mkdir -p /tmp/trl112 && cp -r /tmp/site/trl /tmp/trl112/
   ppo lean --peers trellis-shared-critic,trl
   LIMIT=90 ppo hf-decode --peers trellis-shared-critic --shared-critic-set lean_decode=false
+  # rlhf.offload_frozen: the update's peak memory with and without, SmolLM2-135M-shaped random models
+  timeout 120 python3 benchmarks/bench_rlhf_memory.py --tokenizer .whl/models/sft --device cuda \
+    --out $OUT/rlhf-memory.json > $OUT/rlhf-memory.log 2>&1
+  echo "== memory rc=$? t=$((SECONDS-T0))s"; tail -12 $OUT/rlhf-memory.log
 fi
 if [ "${MFU:-0}" = 1 ]; then
   mfu() { # name, run dir, extra args (the HF side reads the tokenizer a Trellis run left in its run dir)
