@@ -126,3 +126,13 @@ def test_multi_objective_reward_reports_each_axis(tiny_dirs, tokenizer, prompt_t
     reward_scores(load_reward_model(tiny_dirs[1]).eval(), tokenizer, prompts, responses, torch.device("cpu"),
                   per_axis=plain)
     assert plain == {}  # a single-head reward model has no axes to report
+
+
+def test_right_padded_rows_need_no_mask_except_under_flash_attention(models):
+    from trellis.rlhf.rollout import right_padded_mask
+
+    policy, _ = models
+    mask = torch.ones(2, 3, dtype=torch.long)
+    assert right_padded_mask(policy, mask) is None  # sdpa: causal alone hides the trailing padding
+    flash = type("Flash", (), {"config": type("C", (), {"_attn_implementation": "flash_attention_2"})()})()
+    assert right_padded_mask(flash, mask) is mask
