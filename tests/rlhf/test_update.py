@@ -179,3 +179,8 @@ def test_overlong_penalty_lowers_the_scores_of_long_answers(make_config, tiny_di
     assert trainer.train_step()["overlong_penalty_mean"] >= 0.0
     with pytest.raises(ValueError, match="overlong_buffer"):
         RLHFConfig(policy="p", reward_model="r", overlong_penalty=1.0, overlong_buffer=40, max_new_tokens=32)
+
+
+def test_the_optimizers_take_the_fused_adamw_on_a_cpu(make_config, tiny_dirs, prompt_texts):
+    trainer = _trainer(make_config, tiny_dirs, prompt_texts)
+    assert trainer.policy_optim.defaults["fused"] and trainer.value_optim.defaults["fused"]

@@ -364,3 +364,21 @@ def test_deltas_for_one_event_loop_go_in_one_wake_up():
     assert wakeups == 1
     assert [d.token_ids for d in got] == [[0], [1], [2]]
     assert sync_delta.token_ids == [3]
+
+
+def test_uniforms_drawn_ahead_give_the_tokens_of_per_step_draws(model, tokenizer, monkeypatch):
+    # batch 2 over 5 prompts: rows join mid-flight and start their tables from their own first column
+    from trellis.serving.batch import RunningBatch
+    from trellis.serving.sampling import BatchSampling
+
+    params = [SamplingParams(temperature=1.0, top_p=0.9, max_tokens=n, seed=i) for i, n in enumerate([9, 4, 12, 6, 8])]
+    ahead = Engine(model, tokenizer, max_batch_size=2).generate(PROMPTS, params)
+
+    def drawing_per_step(self, start, stop):
+        rows = self.rows[start:stop]
+        return BatchSampling.of([r.params for r in rows], [r.generator for r in rows], self.e.device)
+
+    monkeypatch.setattr(RunningBatch, "_sampling_of", drawing_per_step)
+    per_step = Engine(model, tokenizer, max_batch_size=2).generate(PROMPTS, params)
+    assert [o.token_ids for o in ahead] == [o.token_ids for o in per_step]
+    assert len({tuple(o.token_ids) for o in ahead}) > 1

@@ -179,3 +179,12 @@ def test_greedy_tokens_pick_the_first_of_tied_maxima_like_argmax():
     logits[2] = 0.0  # all equal
     assert greedy_tokens(logits).tolist() == logits.argmax(-1).tolist()
     assert greedy_tokens(logits)[1] == 7 and greedy_tokens(logits)[2] == 0
+
+
+def test_draws_ahead_are_the_per_step_stream():
+    from trellis.serving.sampling import draws_ahead, uniforms
+
+    for n in (1, 7, 64, 300):
+        ahead = draws_ahead(torch.Generator().manual_seed(n), n)
+        step = torch.Generator().manual_seed(n)
+        assert torch.equal(ahead, torch.cat([uniforms([step]) for _ in range(n)]))

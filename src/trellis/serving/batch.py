@@ -183,7 +183,10 @@ class RunningBatch:
 
     def _sampling_of(self, start: int, stop: int) -> BatchSampling:
         rows = self.rows[start:stop]
-        return BatchSampling.of([r.params for r in rows], [r.generator for r in rows], self.e.device)
+        s = BatchSampling.of([r.params for r in rows], [r.generator for r in rows], self.e.device)
+        if not s.all_greedy:
+            s.attach_draws([r.uniform_table() for r in rows], [len(r.out_ids) for r in rows], self.e.device)
+        return s
 
     def _accept(self, logits: Any, start: int, stop: int) -> None:
         """Choose the next token for rows `start:stop` (whose logits are `logits`, in order), then record it."""

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from trellis.serving.sampling import SamplingParams
+from trellis.serving.sampling import SamplingParams, draws_ahead
 
 
 @dataclass
@@ -155,6 +155,13 @@ class Row:
     pending_ids: list[int] = field(default_factory=list)  # generated, not yet streamed
     pending_lp: list[float] = field(default_factory=list)
     pending_top: list[dict[int, float]] = field(default_factory=list)
+    draws: Any = None  # the uniforms of all its tokens, drawn ahead from `generator` once sampling needs them
+
+    def uniform_table(self) -> Any:
+        if self.draws is None:
+            assert self.max_out is not None
+            self.draws = draws_ahead(self.generator, self.max_out)
+        return self.draws
 
     def __post_init__(self) -> None:
         if self.max_out is None:

@@ -173,6 +173,14 @@ def uniforms(generators: list[torch.Generator]) -> torch.Tensor:
     return torch.cat([torch.rand(1, generator=g) for g in generators])
 
 
+def draws_ahead(generator: torch.Generator, count: int) -> torch.Tensor:
+    """`count` uniforms from `generator` at once: the stream `uniforms` draws one step at a time (a CPU
+    generator fills a tensor in order; tested), so a row's samples do not depend on which is used."""
+    import torch
+
+    return torch.rand(max(count, 1), generator=generator)
+
+
 def sample_from_logits(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw: row b takes the first token whose cumulative probability exceeds u[b]."""
     import torch
@@ -208,6 +216,10 @@ class BatchSampling:
     # logprobs: whether any row wants them, and the most alternatives a row asks for
     want_logprobs: bool = False
     max_top_logprobs: int = 0
+    # each row's uniforms drawn ahead ([B, W], `attach_draws`) and the column of its next draw ([B]): one
+    # gather a step instead of a draw from each row's generator; None: draw from the generators
+    draw_table: torch.Tensor | None = None
+    draw_next: torch.Tensor | None = None
 
     @classmethod
     def of(
@@ -254,8 +266,29 @@ class BatchSampling:
         assert self.greedy is not None
         processed = self.process(logits.float())
         # greedy rows still draw so that a row's generator advances the same way whatever its neighbours are
-        drawn = sample_from_logits(processed, uniforms(self.generators))
+        drawn = sample_from_logits(processed, self.next_uniforms())
         return torch.where(self.greedy, tokens, drawn)
+
+    def attach_draws(self, tables: list[torch.Tensor], next_index: list[int], device: object) -> None:
+        """Take each row's uniforms from `tables[b]` (drawn ahead from its generator, `draws_ahead`), from
+        column `next_index[b]` on: the same numbers as drawing one per step, without a call per row."""
+        import torch
+
+        width = max(len(t) for t in tables)
+        table = torch.zeros((len(tables), width), dtype=torch.float32)
+        for b, t in enumerate(tables):
+            table[b, : len(t)] = t
+        self.draw_table = table.to(device)
+        self.draw_next = torch.tensor(next_index, dtype=torch.long, device=device)
+
+    def next_uniforms(self) -> torch.Tensor:
+        """One U[0, 1) per row for this step."""
+        if self.draw_table is None:
+            return uniforms(self.generators)
+        assert self.draw_next is not None
+        u = self.draw_table.gather(1, self.draw_next[:, None]).squeeze(1)
+        self.draw_next += 1
+        return u
 
     def process(self, logits: torch.Tensor) -> torch.Tensor:
         """Temperature, top-k, top-p and min-p, each skipped when no row uses it."""
