@@ -115,3 +115,24 @@ def test_a_hooked_model_decodes_through_its_forward(model, tokenizer):
     assert sum(1 for s in shapes if s[1] == 1) == 5  # the first token comes from prefill, 5 decode steps
     plain = engine.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
     assert [o.token_ids for o in hooked] == [o.token_ids for o in plain]
+
+
+@pytest.mark.parametrize("variant", ["biases", "bf16", "one_kv_head_per_query_head", "tied_embeddings"])
+def test_model_variants_decode_to_the_same_tokens(tokenizer, variant):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    options = {"biases": dict(attention_bias=True, mlp_bias=True), "one_kv_head_per_query_head":
+               dict(num_key_value_heads=4), "tied_embeddings": dict(tie_word_embeddings=True)}.get(variant, {})
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                         vocab_size=len(tokenizer), max_position_embeddings=256, initializer_range=0.2,
+                         pad_token_id=tokenizer.pad_token_id, **{"num_key_value_heads": 2, **options})
+    model = LlamaForCausalLM(config).eval().to(torch.bfloat16 if variant == "bf16" else torch.float32)
+    greedy = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=0)
+    lean = Engine(model, tokenizer, max_batch_size=4)
+    assert lean.lean_decode is not None
+    got = lean.generate(PROMPTS, greedy)
+    want = Engine(model, tokenizer, max_batch_size=4, lean_decode=False).generate(PROMPTS, greedy)
+    assert [o.token_ids for o in got] == [o.token_ids for o in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
