@@ -207,26 +207,27 @@ def reward_scores(reward_model: Any, tokenizer: Any, prompts: list[str], respons
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     backbone, head = _backbone_and_head(reward_model)
     axis_names = list(getattr(head, "spec", {}).get("heads", [])) if hasattr(head, "per_axis") else []
-    scores, axes = [], []
-    for start in range(0, len(texts), batch_size):
-        encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
-        ids, mask = right_pad(encoded, pad_id)
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    scores = torch.empty(len(texts))
+    axes = torch.empty(len(texts), len(axis_names))
+    # length-sorted batches, each padded to its own longest row (as the policy's scoring passes)
+    for rows in length_sorted_chunks(torch.tensor([len(e) for e in encoded]), batch_size):
+        ids, mask = right_pad([encoded[i] for i in rows.tolist()], pad_id)
         ids, mask = ids.to(device), mask.to(device)
         if hasattr(reward_model, "likelihood_term"):
             # its score reads every answer token (trellis.reward.likelihood): the model's own forward
-            scores.append(reward_model(input_ids=ids, attention_mask=mask).logits[:, 0].float())
+            scores[rows] = reward_model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu()
             continue
         hidden = backbone(input_ids=ids, attention_mask=right_padded_mask(reward_model, mask),
                           use_cache=False).last_hidden_state
         last = (mask.sum(-1) - 1).clamp(min=0)
-        final_hidden = hidden[torch.arange(len(encoded), device=device), last]
-        scores.append(head(final_hidden).squeeze(-1).float())
+        final_hidden = hidden[torch.arange(len(rows), device=device), last]
+        scores[rows] = head(final_hidden).squeeze(-1).float().cpu()
         if axis_names:
-            axes.append(head.per_axis(final_hidden).float())
+            axes[rows] = head.per_axis(final_hidden).float().cpu()
     if per_axis is not None and axis_names:
-        stacked = torch.cat(axes).cpu()
-        per_axis.update({name: stacked[:, i] for i, name in enumerate(axis_names)})
-    return torch.cat(scores).cpu()
+        per_axis.update({name: axes[:, i] for i, name in enumerate(axis_names)})
+    return scores
 
 
 @dataclass
@@ -338,7 +339,8 @@ def score_rollout(policy: Any, ref_policy: Any, value_model: Any, reward_model: 
     responses = [tokenizer.decode([t for t in r if t not in special], skip_special_tokens=True).strip()
                  for r in response_ids]
     per_axis: dict[str, torch.Tensor] = {}
-    scores = reward_scores(reward_model, tokenizer, prompt_texts, responses, device, per_axis=per_axis)
+    scores = reward_scores(reward_model, tokenizer, prompt_texts, responses, device, batch_size=forward_batch_size,
+                           per_axis=per_axis)
     extra: dict[str, Any] = {"reward_per_axis": per_axis}
     if features:
         extra["value_features"] = torch.cat(features)[inverse]
