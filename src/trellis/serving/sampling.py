@@ -273,12 +273,9 @@ class BatchSampling:
         """Take each row's uniforms from `tables[b]` (drawn ahead from its generator, `draws_ahead`), from
         column `next_index[b]` on: the same numbers as drawing one per step, without a call per row."""
         import torch
+        from torch.nn.utils.rnn import pad_sequence
 
-        width = max(len(t) for t in tables)
-        table = torch.zeros((len(tables), width), dtype=torch.float32)
-        for b, t in enumerate(tables):
-            table[b, : len(t)] = t
-        self.draw_table = table.to(device)
+        self.draw_table = pad_sequence(tables, batch_first=True).to(device)
         self.draw_next = torch.tensor(next_index, dtype=torch.long, device=device)
 
     def next_uniforms(self) -> torch.Tensor:
