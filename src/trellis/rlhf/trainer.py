@@ -159,13 +159,18 @@ class PPOTrainer:
                 out[f"gold_{axis}"] = scored[axis]
         return out
 
+    def overlong_penalties(self, batch: Rollout) -> torch.Tensor:
+        """Each response's over-length penalty under this config (zeros when it is off)."""
+        cfg = self.config
+        return ppo.overlong_penalties(batch.response_lengths, cfg.max_new_tokens, cfg.overlong_buffer,
+                                      cfg.overlong_penalty)
+
     def token_rewards(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """(per-token KL, penalised scores, per-token rewards, the KL coefficient used) of a rollout."""
         cfg = self.config
         kl = ppo.kl_per_token(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * batch.mask
         scores = ppo.apply_missing_eos_penalty(batch.scores, batch.ended_with_eos, cfg.missing_eos_penalty)
-        scores = scores - ppo.overlong_penalties(batch.response_lengths, cfg.max_new_tokens, cfg.overlong_buffer,
-                                                 cfg.overlong_penalty).to(scores.device)
+        scores = scores - self.overlong_penalties(batch).to(scores.device)
         kl_coef = self.kl_ctl.value
         return kl, scores, ppo.compute_rewards(kl, scores, batch.mask, kl_coef), kl_coef
 
@@ -219,8 +224,7 @@ class PPOTrainer:
             "reward_mean": float(batch.scores.mean()),
             "reward_std": float(batch.scores.std()) if len(batch.scores) > 1 else 0.0,
             "score_penalized_mean": float(scores.mean()),
-            **({"overlong_penalty_mean": float(ppo.overlong_penalties(
-                batch.response_lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty).mean())}
+            **({"overlong_penalty_mean": float(self.overlong_penalties(batch).mean())}
                if cfg.overlong_penalty > 0 else {}),
             "eos_fraction": float(batch.ended_with_eos.float().mean()),
             "kl_mean": float(seq_kl.mean()),
