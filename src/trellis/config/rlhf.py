@@ -115,6 +115,9 @@ class RLHFConfig(Section):
     # rollout decode steps of a Llama policy through the engine's lean step (the model's own operations
     # without its module overhead; equal logits); false: the model's forward
     lean_decode: bool = True
+    # on a CUDA device, replay the lean step from a CUDA graph once every prompt of a rollout is in the
+    # running batch (serving/graph_decode.py; logits equal to rounding); false: launch it step by step
+    cuda_graphs: bool = True
     # reward-hacking monitor (world prompts only): warn when the reward's trend over this many steps is up
     # while the gold score's falls by more than hacking_gold_drop
     hacking_window: int = 8

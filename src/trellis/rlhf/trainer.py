@@ -107,7 +107,7 @@ class PPOTrainer:
             from trellis.serving.engine import Engine
 
             engine = Engine(policy, tokenizer, max_batch_size=config.generation_batch_size,
-                            lean_decode=config.lean_decode)
+                            lean_decode=config.lean_decode, cuda_graphs=config.cuda_graphs)
         self.engine = engine
         self.ptx = None
         if config.ptx_coef > 0:

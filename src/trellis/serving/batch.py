@@ -31,6 +31,9 @@ class RunningBatch:
         self.prompt_mask: Any = None  # [B, V] bool, only with penalties
         self.sampling: BatchSampling | None = None  # of all rows; rebuilt after rows join or leave
         self.trimmable = True  # false for caches whose layers must keep every column (sliding windows)
+        # set by `Engine.generate` once no row will join any more: such a batch may move onto a decode graph
+        self.closed = False
+        self.static: Any = None  # the `graph_decode.DecodeGraph` a frozen batch decodes on
 
     # -- membership --
     def join(self, new: list[Row], kvs: list[RowKV], logits: Any) -> None:
@@ -105,6 +108,9 @@ class RunningBatch:
         return counts, prompt_mask
 
     def drop(self, row: Row) -> None:
+        if self.static is not None:  # a frozen batch keeps every slot; the row stops being recorded
+            row.finish_reason = row.finish_reason or "abort"
+            return
         self._keep([i for i, r in enumerate(self.rows) if r is not row])
 
     def _keep(self, keep: list[int]) -> None:
@@ -137,9 +143,13 @@ class RunningBatch:
 
         Returns the rows that finished (already removed from the batch).
         """
+        if self.static is not None:
+            return self._static_step()
         finished = self.retire()
         if not self.rows:
             return finished
+        if self.closed and self.e.graph_decoder is not None and self._freeze():
+            return finished + self._static_step()
         assert self.mask is not None
         self.mask.grow(1)
         mask = self._decode_mask()
@@ -147,6 +157,47 @@ class RunningBatch:
         self.pos += 1
         self._accept(logits, 0, len(self.rows))
         finished += self.retire()
+        return finished
+
+    # -- a closed batch on a decode graph's static buffers (graph_decode) --
+    def _freeze(self) -> bool:
+        """Move the batch onto static buffers wide enough for every token still to come; False (and nothing
+        changed) when it does not qualify: penalties, a cache that is not the slab, too few steps left."""
+        from trellis.serving.graph_decode import MIN_STEPS
+
+        decoder = self.e.graph_decoder
+        if self.counts is not None or not self.trimmable or not decoder.usable():
+            return False
+        steps = max(r.max_out - len(r.out_ids) for r in self.rows)
+        if steps < MIN_STEPS:
+            return False
+        assert self.mask is not None
+        mask = self.mask.tensor
+        graph = decoder.graph_for(len(self.rows), mask.shape[1] + steps)
+        graph.load([(layer.keys, layer.values) for layer in self.cache.layers], mask, self.last, self.pos)
+        if self.sampling is None:
+            self.sampling = self._sampling_of(0, len(self.rows))
+        if self.sampling.draw_table is not None:
+            # a row that finishes before the others keeps drawing in its slot (its tokens are dropped): room
+            # for those draws past the end of its table
+            import torch.nn.functional as F
+
+            self.sampling.draw_table = F.pad(self.sampling.draw_table, (0, steps))
+        self.static = graph
+        self.cache = self.mask = self.pos = None
+        return True
+
+    def _static_step(self) -> list[Row]:
+        """One replayed step for every slot; rows that finished earlier keep their slot, their tokens dropped."""
+        live = [r.finish_reason is None for r in self.rows]
+        logits = self.static.step()
+        self._accept(logits, 0, len(self.rows))
+        self.static.feed(self.last)
+        finished = [r for r, was in zip(self.rows, live, strict=True) if was and r.finish_reason is not None]
+        if all(r.finish_reason is not None for r in self.rows):
+            self.static = None
+            self.rows, self.sampling = [], None
+            self.last = self.counts = self.prompt_mask = None
         return finished
 
     def _decode_mask(self) -> Any:
@@ -229,8 +280,10 @@ class RunningBatch:
     ) -> None:
         """Append each row's token (and logprobs), advance its text if anyone reads it, and check its stops."""
         e = self.e
-        e.stats["generated_tokens"] += len(rows)
         for j, (row, tok) in enumerate(zip(rows, tokens, strict=True)):
+            if row.finish_reason is not None:  # a finished row's slot in a frozen batch
+                continue
+            e.stats["generated_tokens"] += 1
             row.out_ids.append(tok)
             streaming = row.handle is not None
             if streaming:

@@ -52,6 +52,7 @@ class Engine:
         prefix_cache_mb: float = 256.0,
         max_tokens_in_flight: int | None = None,
         lean_decode: bool = True,
+        cuda_graphs: bool = True,
     ) -> None:
         """`max_prefill_tokens`: prompt tokens computed per step (the chunked-prefill cap; 512 was the
         fastest chunk for SmolLM2 on the dev CPU). `prefix_cache_mb`: memory for the keys/values of recent
@@ -59,7 +60,9 @@ class Engine:
         `max_tokens_in_flight`: cap on the key/value positions reserved by running requests (prompt +
         max_tokens each), which bounds KV memory whatever the request mix; None leaves only
         `max_batch_size`. `lean_decode`: run decode steps of Llama models through `lean_decode` (the
-        model's own operations without its module overhead; other models always use their forward)."""
+        model's own operations without its module overhead; other models always use their forward).
+        `cuda_graphs`: on a CUDA device, once `generate` has every prompt in the running batch, replay that
+        lean step from a CUDA graph (`graph_decode`); it needs the lean step."""
         import torch
 
         if max_batch_size < 1:
@@ -93,6 +96,11 @@ class Engine:
         from trellis.serving.lean_decode import lean_decode_step
 
         self.lean_decode = lean_decode_step(model) if lean_decode and self.stackable else None
+        self.graph_decoder: Any = None
+        if cuda_graphs and self.lean_decode is not None and self.device.type == "cuda":
+            from trellis.serving.graph_decode import GraphDecoder
+
+            self.graph_decoder = GraphDecoder(self.lean_decode, capture=True)
         self._packing: bool | None = None  # whether the model honours packed masks; checked on first use
         self.prefix_cache = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         # background loop state (submit/stream path)
@@ -202,6 +210,7 @@ class Engine:
                 while rows and sched.has_room(rows[0]):
                     sched.admit(rows.popleft())
                 sched.prefill()
+                sched.batch.closed = not rows and not sched.prefilling
                 for row in sched.batch.step():
                     results[row.index] = self._completion(row)
                     if bar is not None:
