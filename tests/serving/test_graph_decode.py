@@ -151,3 +151,14 @@ def test_rows_that_joined_at_different_steps_freeze_together(model, tokenizer):
     got, want = static.generate(PROMPTS, params), plain.generate(PROMPTS, params)
     assert static.stats["prefill_forwards"] > 3 and static.graph_decoder.graphs
     assert [g.token_ids for g in got] == [w.token_ids for w in want]
+
+
+def test_graphs_beyond_the_byte_budget_are_dropped_oldest_first(model, tokenizer):
+    static = _static_engine(model, tokenizer, max_batch_size=8)
+    greedy = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    static.generate(PROMPTS[:2], greedy)
+    static.generate(PROMPTS[:3], greedy)
+    assert list(static.graph_decoder.graphs) == [(2, 64), (3, 64)]
+    static.graph_decoder.max_bytes = 1  # only the newest fits
+    static.generate(PROMPTS[:4], greedy)
+    assert list(static.graph_decoder.graphs) == [(4, 64)]

@@ -26,8 +26,10 @@ import torch
 # static buffers are as wide as the prompt width plus the tokens to come, rounded up to this many columns,
 # so that batches of different prompt widths replay one graph
 WIDTH_BUCKET = 64
-# graphs kept per engine (each holds its own key/value buffers)
+# graphs kept per engine, and the most bytes their key/value buffers may hold together (the newest graph is
+# always kept): evaluation over many prompt widths would otherwise keep a full-width cache per shape
 MAX_GRAPHS = 4
+MAX_GRAPH_BYTES = 2**30
 # a batch with fewer decode steps left than this is not worth a capture
 MIN_STEPS = 4
 
@@ -76,6 +78,7 @@ class DecodeGraph:
             for _ in range(config.num_hidden_layers)
         ])
         self.params = param_addresses(model)
+        self.nbytes = sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values))
         self.graph: Any = None
         self.logits: torch.Tensor | None = None
         if capture:
@@ -137,8 +140,8 @@ class GraphDecoder:
     """An engine's decode graphs, by (rows, width bucket); `capture=False` runs the same static steps
     eagerly (how CPU tests check them, and what a device without graphs would run)."""
 
-    def __init__(self, lean: Any, capture: bool) -> None:
-        self.lean, self.capture = lean, capture
+    def __init__(self, lean: Any, capture: bool, max_bytes: int = MAX_GRAPH_BYTES) -> None:
+        self.lean, self.capture, self.max_bytes = lean, capture, max_bytes
         self.graphs: OrderedDict[tuple[int, int], DecodeGraph] = OrderedDict()
         self.pool: Any = torch.cuda.graph_pool_handle() if capture else None
         self.captures = 0
@@ -157,7 +160,8 @@ class GraphDecoder:
             graph = DecodeGraph(self.lean, rows, width, self.capture, self.pool)
             self.captures += self.capture
             self.graphs[key] = graph
-            while len(self.graphs) > MAX_GRAPHS:
-                self.graphs.popitem(last=False)
         self.graphs.move_to_end(key)
+        while len(self.graphs) > 1 and (len(self.graphs) > MAX_GRAPHS
+                                        or sum(g.nbytes for g in self.graphs.values()) > self.max_bytes):
+            self.graphs.popitem(last=False)
         return graph
