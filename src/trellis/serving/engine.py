@@ -9,7 +9,8 @@ Each engine step (`scheduler.Scheduler`): admit waiting requests up to `max_batc
 (`prefix_cache`); rows whose prompt is done join the running batch (`batch.RunningBatch`), which then
 decodes one token for every row. Rows leave as soon as they finish. `generate` runs this loop in the
 caller's thread; `submit` hands requests to a background thread that runs the same loop and streams
-deltas to `RequestHandle`s.
+deltas to `RequestHandle`s. On a CUDA device, once a `generate` call has every prompt in the running
+batch, its decode steps replay from a CUDA graph (`graph_decode`).
 """
 
 from __future__ import annotations
