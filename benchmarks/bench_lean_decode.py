@@ -70,6 +70,8 @@ def _host_bound_workload(device: str):
 def compare(model, tokenizer, prompts, params, rounds: int) -> dict:
     """Interleaved rounds of each engine variant: the model's forward, the lean step, and (on CUDA) the
     lean step replayed from a CUDA graph (`graph_decode`)."""
+    import torch
+
     from trellis.serving.engine import Engine
 
     n = len(prompts)
@@ -84,7 +86,7 @@ def compare(model, tokenizer, prompts, params, rounds: int) -> dict:
     for _ in range(rounds):
         for name, engine in engines.items():
             if engine.device.type == "cuda":
-                torch_sync()
+                torch.cuda.synchronize()
             start = time.perf_counter()
             outs = engine.generate(prompts, params)
             seconds[name].append(time.perf_counter() - start)
@@ -96,12 +98,6 @@ def compare(model, tokenizer, prompts, params, rounds: int) -> dict:
             "rows_with_the_forwards_tokens": {k: sum(a == b for a, b in zip(t, tokens["forward"], strict=True))
                                               for k, t in tokens.items()},
             "rows": n}
-
-
-def torch_sync() -> None:
-    import torch
-
-    torch.cuda.synchronize()
 
 
 def main() -> None:

@@ -124,8 +124,7 @@ def response_hidden_and_logits(model: Any, batch: SequenceBatch) -> tuple[torch.
     parts = _plain_lm_head(model)
     if parts is None:
         out = model(input_ids=batch.input_ids, attention_mask=right_padded_mask(model, batch.attention_mask),
-                    use_cache=False,
-                    output_hidden_states=True)
+                    use_cache=False, output_hidden_states=True)
         return (_gather_positions(out.hidden_states[-1], batch.logit_index),
                 _gather_positions(out.logits, batch.logit_index))
     backbone, head = parts

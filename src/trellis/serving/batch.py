@@ -175,8 +175,7 @@ class RunningBatch:
         mask = self.mask.tensor
         graph = decoder.graph_for(len(self.rows), mask.shape[1] + steps)
         graph.load([(layer.keys, layer.values) for layer in self.cache.layers], mask, self.last, self.pos)
-        if self.sampling is None:
-            self.sampling = self._sampling_of(0, len(self.rows))
+        self.sampling = self._sampling_of(0, len(self.rows))  # each row's draws from where it stands
         if self.sampling.draw_table is not None:
             # a row that finishes before the others keeps drawing in its slot (its tokens are dropped): room
             # for those draws past the end of its table
@@ -196,8 +195,7 @@ class RunningBatch:
         finished = [r for r, was in zip(self.rows, live, strict=True) if was and r.finish_reason is not None]
         if all(r.finish_reason is not None for r in self.rows):
             self.static = None
-            self.rows, self.sampling = [], None
-            self.last = self.counts = self.prompt_mask = None
+            self._keep([])
         return finished
 
     def _decode_mask(self) -> Any:

@@ -66,7 +66,7 @@ class DecodeGraph:
         param = next(model.parameters())
         dev, dtype = param.device, param.dtype
         kv_heads = config.num_key_value_heads
-        self.lean, self.rows, self.width = lean, rows, width
+        self.lean = lean
         self.ids = torch.zeros((rows, 1), dtype=torch.long, device=dev)
         self.pos = torch.zeros((rows, 1), dtype=torch.long, device=dev)
         self.col = torch.zeros(1, dtype=torch.long, device=dev)
